@@ -1,0 +1,171 @@
+"""Turn task examples into token batches: chat-formatted prompt, answer tokens, answer mask.
+
+Prompt and answer are tokenized separately and concatenated, as the model sees them when it
+generates: ``prompt_ids = tokenize(render(messages))``, ``answer_ids = tokenize(answer) [+ eos]``.
+Batches are right-padded, so with causal attention no real token ever attends to a pad token and
+positions are unchanged; ``target_mask[b, t]`` marks the answer tokens, each predicted from the
+logits at ``t - 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+
+class PromptTooLongError(ValueError):
+    """An example whose prompt and answer do not fit in the model's context window."""
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, messages: Sequence[dict]) -> str:
+    """The text up to where the answer starts: the chat template with the assistant turn opened,
+    or, for a base model without one, ``user\\nAnswer: assistant\\n\\n ... user\\nAnswer:``."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    parts = []
+    for message in messages:
+        if message["role"] == "user":
+            parts.append(f"{message['content']}\nAnswer:")
+        elif message["role"] == "assistant":
+            parts.append(f" {message['content']}\n\n")
+    return "".join(parts)
+
+
+def answer_text(tokenizer, target: str) -> str:
+    """The answer as it follows the prompt: bare after a chat template, after a space otherwise."""
+    return target if has_chat_template(tokenizer) else " " + target
+
+
+def end_of_answer_id(tokenizer) -> int | None:
+    """The token that ends an assistant turn (``<|im_end|>`` for ChatML), or the EOS token."""
+    return tokenizer.eos_token_id
+
+
+def tokenize(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_ids(tokenizer, task, example: dict, shots: Sequence[dict] = ()) -> list[int]:
+    """Token ids of the rendered prompt (special tokens come from the template, none added)."""
+    ids = tokenize(tokenizer, render_prompt(tokenizer, task.messages(example, shots)))
+    if not has_chat_template(tokenizer) and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
+def label_token_ids(tokenizer, labels: Sequence[str]) -> list[int]:
+    """One token id per label word, as the word appears at the start of the answer.
+
+    Raises ``ValueError`` naming the label word if it is not exactly one token.
+    """
+    ids = []
+    for label in labels:
+        pieces = tokenize(tokenizer, answer_text(tokenizer, label))
+        if len(pieces) != 1:
+            shown = [tokenizer.decode([p]) for p in pieces]
+            raise ValueError(
+                f"Label word {label!r} is {len(pieces)} tokens {shown} for this tokenizer; "
+                "classification needs single-token label words: choose another word."
+            )
+        ids.append(pieces[0])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"Label words {list(labels)} do not map to distinct tokens")
+    return ids
+
+
+def answer_ids(tokenizer, task, example: dict) -> list[int]:
+    """Answer tokens: the label token for classification; the target plus end-of-turn for generation."""
+    ids = tokenize(tokenizer, answer_text(tokenizer, task.target(example)))
+    if task.category == "generation" and end_of_answer_id(tokenizer) is not None:
+        ids = ids + [end_of_answer_id(tokenizer)]
+    return ids
+
+
+@dataclass
+class EncodedBatch:
+    """A right-padded batch of prompt (+ answer) tokens."""
+
+    input_ids: Int[Tensor, "batch seq"]
+    attention_mask: Bool[Tensor, "batch seq"]
+    target_mask: Bool[Tensor, "batch seq"]
+    prompt_lengths: Int[Tensor, " batch"]
+
+    def to(self, device: torch.device | str) -> EncodedBatch:
+        return EncodedBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
+                                                       self.target_mask, self.prompt_lengths)))
+
+    @property
+    def last_prompt_index(self) -> Int[Tensor, " batch"]:
+        """Position of the last prompt token (where the first answer token is predicted)."""
+        return self.prompt_lengths - 1
+
+    @property
+    def n_answer_tokens(self) -> int:
+        return int(self.target_mask.sum())
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def pad_batch(
+    prompts: Sequence[list[int]], answers: Sequence[list[int]] | None, pad_id: int
+) -> EncodedBatch:
+    """Concatenate prompt and answer ids per example and right-pad them into one batch."""
+    answers = answers if answers is not None else [[] for _ in prompts]
+    seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
+    length = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), length), dtype=torch.bool)
+    target = torch.zeros((len(seqs), length), dtype=torch.bool)
+    for i, (p, s) in enumerate(zip(prompts, seqs, strict=True)):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        attention[i, : len(s)] = True
+        target[i, len(p): len(s)] = True
+    lengths = torch.tensor([len(p) for p in prompts])
+    return EncodedBatch(input_ids, attention, target, lengths)
+
+
+def context_length(model) -> int:
+    return int(model.cfg.n_ctx)
+
+
+def encode_examples(
+    model, task, examples: Sequence[dict], with_answers: bool = True, shots: Sequence[dict] = ()
+) -> EncodedBatch:
+    """Encode ``examples`` of ``task`` for ``model`` (prompt + answer when ``with_answers``)."""
+    if len(examples) == 0:
+        raise ValueError(f"No examples to encode for task {task.name!r}")
+    tok = model.tokenizer
+    prompts = [prompt_ids(tok, task, ex, shots) for ex in examples]
+    answers = [answer_ids(tok, task, ex) for ex in examples] if with_answers else None
+    limit = context_length(model)
+    for i, p in enumerate(prompts):
+        n = len(p) + (len(answers[i]) if answers else 0)
+        if n > limit:
+            raise PromptTooLongError(
+                f"Example {i} of task {task.name!r} is {n} tokens, more than the model's context of "
+                f"{limit}; shorten its input or use fewer shots."
+            )
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    return pad_batch(prompts, answers, pad)
+
+
+def batches(
+    model, task, examples: Sequence[dict], batch_size: int, with_answers: bool = True,
+    shots: Sequence[dict] = (),
+) -> Iterator[EncodedBatch]:
+    """``encode_examples`` over consecutive chunks of ``batch_size`` examples, in order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(examples) == 0:
+        raise ValueError(f"No examples to encode for task {task.name!r}")
+    for start in range(0, len(examples), batch_size):
+        yield encode_examples(model, task, examples[start: start + batch_size], with_answers, shots)
