@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from nrnlib import encoding, losses
 from nrnlib.encoding import EncodedBatch
-from nrnlib.models import cache_dir
+from nrnlib.models import cache_dir, model_fingerprint, unique_parameters
 from nrnlib.neurons import NeuronSet
 
 AGGREGATIONS = ("signed_sum", "abs_sum", "answer_positions")
@@ -73,7 +73,7 @@ def hook_post_name(layer: int) -> str:
 @contextlib.contextmanager
 def frozen_parameters(model) -> Iterator[None]:
     """Set ``requires_grad=False`` on every parameter; restore the flags on exit (also on error)."""
-    params = _unique_parameters(model)
+    params = unique_parameters(model)
     flags = [p.requires_grad for p in params]
     try:
         for p in params:
@@ -96,15 +96,6 @@ def _eval_mode(model) -> Iterator[None]:
         yield
     finally:
         model.train(True)
-
-
-def _unique_parameters(model) -> list[torch.nn.Parameter]:
-    seen, out = set(), []
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
 
 
 def _embed_requires_grad(x: Tensor, hook=None) -> Tensor:
@@ -133,34 +124,6 @@ def _examples(task, split: str, n_examples: int) -> list[dict]:
     return examples[:n_examples]
 
 
-def _model_identity(model) -> str:
-    """A stable name for the architecture: ``cfg.model_name`` unless it is a temporary folder,
-    plus a hash of the Hugging Face config (the weights are fingerprinted separately)."""
-    name = str(getattr(model.cfg, "model_name", ""))
-    if name.startswith(tempfile.gettempdir()):
-        name = ""
-    config = dict(model.original_model.config.to_dict())
-    for volatile in ("_name_or_path", "transformers_version", "name_or_path"):
-        config.pop(volatile, None)
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return f"{name}|{config.get('model_type', '')}|{digest}"
-
-
-def weight_fingerprint(model) -> list[float]:
-    """Cheap fingerprint of the weights: the sum and the L2 norm of every parameter tensor.
-
-    One read of the weights (reduced on their device, one transfer). Any fine-tuning step, even of
-    a few neurons, changes it, so a fine-tuned model never reuses the scores of its base model.
-    """
-    with torch.no_grad():
-        params = _unique_parameters(model)
-        stats = [p.sum(dtype=torch.float32) for p in params] + [
-            torch.linalg.vector_norm(p, dtype=torch.float32) for p in params
-        ]
-        home = params[0].device
-        return torch.stack([x.to(home) for x in stats]).double().cpu().tolist()
-
-
 def _hash_examples(task, examples: Sequence[dict]) -> str:
     text = json.dumps(
         {
@@ -176,11 +139,9 @@ def _hash_examples(task, examples: Sequence[dict]) -> str:
 
 
 def _cache_key(model, task, examples, **fields) -> dict:
-    weights = hashlib.sha256(json.dumps(weight_fingerprint(model)).encode()).hexdigest()
     return {
         "version": SCORES_VERSION,
-        "model": _model_identity(model),
-        "weights": weights,
+        "model": model_fingerprint(model),
         "dtype": str(next(iter(model.parameters())).dtype),
         "task": task.name,
         "examples": _hash_examples(task, examples),

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nrnlib import encoding, losses
-from nrnlib.models import NeuronGeometry
+from nrnlib.models import NeuronGeometry, unique_parameters
 from nrnlib.neurons import NeuronSet
 
 
@@ -37,15 +37,6 @@ class TrainLog:
     @property
     def last_loss(self) -> float:
         return self.losses[-1]
-
-
-def _unique_parameters(model) -> list[torch.nn.Parameter]:
-    seen, out = set(), []
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
 
 
 def parameter_masks(model, neurons: NeuronSet) -> dict[torch.nn.Parameter, torch.Tensor]:
@@ -70,7 +61,7 @@ def parameter_masks(model, neurons: NeuronSet) -> dict[torch.nn.Parameter, torch
 def trainable_entries(model, neurons: NeuronSet | None = None) -> int:
     """Number of parameter entries ``finetune`` trains: all of them, or the neurons' slices."""
     if neurons is None:
-        return sum(p.numel() for p in _unique_parameters(model))
+        return sum(p.numel() for p in unique_parameters(model))
     total = 0
     for param, mask in parameter_masks(model, neurons).items():
         total += int(mask.sum()) * (param.numel() // mask.numel())
@@ -80,7 +71,7 @@ def trainable_entries(model, neurons: NeuronSet | None = None) -> int:
 @contextlib.contextmanager
 def _training_setup(model, masks: dict | None) -> Iterator[list[torch.nn.Parameter]]:
     """Set requires_grad and gradient-mask hooks; restore flags and remove hooks afterwards."""
-    params = _unique_parameters(model)
+    params = unique_parameters(model)
     flags = [p.requires_grad for p in params]
     handles = []
     try:

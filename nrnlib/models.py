@@ -129,7 +129,7 @@ def _tiny_hf_model(name: str, vocab_size: int, seed: int) -> nn.Module:
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
-def _boot(hf_model: nn.Module, tokenizer, device: torch.device, dtype: torch.dtype):
+def _boot(name: str, hf_model: nn.Module, tokenizer, device: torch.device, dtype: torch.dtype):
     """Wrap a Hugging Face causal LM in a TransformerBridge (hook points on the HF modules)."""
     from transformer_lens import TransformerBridge
 
@@ -139,8 +139,42 @@ def _boot(hf_model: nn.Module, tokenizer, device: torch.device, dtype: torch.dty
         bridge = TransformerBridge.boot_transformers(
             folder, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
         )
+    bridge.cfg.model_name = name
     bridge.eval()
     return bridge
+
+
+def unique_parameters(model) -> list[nn.Parameter]:
+    """Parameters without repeats (tied embeddings appear once)."""
+    seen, params = set(), []
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            params.append(p)
+    return params
+
+
+def model_fingerprint(model) -> str:
+    """Identity of a model's architecture and current weights (a cache key).
+
+    The Hugging Face config (minus volatile fields) plus the sum and L2 norm of every parameter
+    tensor: any fine-tuning step, even of a few neurons, changes it, so a fine-tuned model never
+    reuses a cache entry of its base model. One read of the weights, reduced on their device.
+    """
+    import hashlib
+    import json
+
+    config = dict(model.original_model.config.to_dict())
+    for volatile in ("_name_or_path", "transformers_version", "name_or_path"):
+        config.pop(volatile, None)
+    with torch.no_grad():
+        params = unique_parameters(model)
+        stats = [p.sum(dtype=torch.float32) for p in params] + [
+            torch.linalg.vector_norm(p, dtype=torch.float32) for p in params
+        ]
+        weights = torch.stack([x.to(params[0].device) for x in stats]).double().cpu().tolist()
+    blob = json.dumps([model.cfg.model_name, config, str(params[0].dtype), weights], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def _not_available(name: str, err: Exception) -> ModelNotAvailableError:
@@ -191,10 +225,10 @@ def load_model(
     if name == DEFAULT_MODEL:
         folder = _smollm2_dir()
         hf = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-        return _boot(hf, load_tokenizer(name), device, dtype)
+        return _boot(name, hf, load_tokenizer(name), device, dtype)
     if name in TINY_MODELS:
         tok = load_tokenizer(name)
-        return _boot(_tiny_hf_model(name, len(tok), seed), tok, device, dtype)
+        return _boot(name, _tiny_hf_model(name, len(tok), seed), tok, device, dtype)
     _check_reachable_or_cached(name)
     try:
         from transformers import AutoTokenizer
@@ -203,7 +237,7 @@ def load_model(
         hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except (OSError, ValueError) as err:
         raise _not_available(name, err) from err
-    return _boot(hf, tok, device, dtype)
+    return _boot(name, hf, tok, device, dtype)
 
 
 @dataclass(frozen=True)

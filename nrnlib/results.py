@@ -93,14 +93,6 @@ def stable_hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def model_fingerprint(model) -> str:
-    """Model name + float64 sums of a few parameters: changes when the weights change."""
-    params = list(model.parameters())
-    picks = [params[0], params[len(params) // 2], params[-1]]
-    sums = [float(p.detach().double().sum()) for p in picks] + [float(p.detach().double().abs().sum()) for p in picks]
-    return stable_hash(model.cfg.model_name, sums)
-
-
 def cached_json(kind: str, key: str, compute):
     """Return ``compute()`` cached as JSON under ``$NRN_CACHE/{kind}/{key}.json`` (resumable work:
     each finished item is on disk, so an interrupted run restarts where it stopped)."""

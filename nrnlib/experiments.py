@@ -1,0 +1,66 @@
+"""The code each notebook calls: one function per table or figure, taking a ``Profile`` and returning
+a tidy pandas DataFrame. Every per-task item is cached on disk (keyed by the model's weights, the
+task's examples and the settings), so an interrupted run resumes where it stopped and a rerun is
+instant."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from nrnlib.evaluate import PRIMARY_METRIC, chance_level, evaluate
+from nrnlib.models import model_fingerprint
+from nrnlib.profiles import Profile
+from nrnlib.results import cached_json, stable_hash
+from nrnlib.tasks import get_task, list_tasks
+
+
+def task_suite_table() -> pd.DataFrame:
+    """One row per built-in task: category, role, sizes, label words and one example prompt."""
+    rows = []
+    for name in list_tasks():
+        task = get_task(name)
+        example = task.split("test")[0]
+        rows.append({
+            "task": name, "category": task.category, "role": task.role, "n_train": len(task.train),
+            "n_test": len(task.test), "labels": ", ".join(task.labels) or "-",
+            "example input": task.user_message(example), "target": task.target(example), "source": task.source,
+        })
+    return pd.DataFrame(rows)
+
+
+def score_task(model, task, profile: Profile, shots: int, seed: int = 0) -> dict:
+    """``evaluate`` one task under ``profile`` (cached): a flat dict of metrics plus bookkeeping."""
+    key = stable_hash(model_fingerprint(model), task.name, [ex for ex in task.test[: profile.n_eval]],
+                      shots, seed, profile.n_eval)
+
+    def compute() -> dict:
+        start = time.perf_counter()
+        score = evaluate(model, task, n=profile.n_eval, shots=shots, seed=seed,
+                         batch_size=profile.batch_size, progress=False)
+        return {**score.metrics, "n": score.n, "wall_s": time.perf_counter() - start,
+                "sample_predictions": score.predictions[:5]}
+
+    return cached_json("scores", key, compute)
+
+
+def zero_and_few_shot_table(model, profile: Profile, tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every task's metrics at 0 shots and ``profile.shots`` shots, beside its chance level."""
+    names = list(tasks) if tasks is not None else list_tasks()
+    settings = [0] + ([profile.shots] if profile.shots else [])
+    rows = []
+    for name in tqdm(names, desc="tasks"):
+        task = get_task(name)
+        for shots in settings:
+            result = score_task(model, task, profile, shots)
+            rows.append({
+                "task": name, "category": task.category, "role": task.role,
+                "setting": "zero-shot" if shots == 0 else f"{shots}-shot",
+                "primary_metric": PRIMARY_METRIC[task.category],
+                "primary": result[PRIMARY_METRIC[task.category]], "chance": chance_level(task),
+                **{k: v for k, v in result.items() if k not in ("sample_predictions",)},
+            })
+    return pd.DataFrame(rows)
