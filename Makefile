@@ -40,7 +40,7 @@ reproduce: setup
 
 test: setup
 	NRN_PROFILE=smoke NRN_FIGURES=$(SMOKE_FIGURES) $(PY) -m pytest tests notebooks \
-	  --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 -p no:cacheprovider -q
+	  --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider -q
 
 lint: setup
 	$(PY) -m ruff check nrnlib tests notebooks/*.py benchmarks

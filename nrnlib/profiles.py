@@ -27,7 +27,7 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile("smoke", n_eval=8, n_attribution=8, n_train=32, finetune_steps=4, seeds=(0,),
+    "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=4, seeds=(0,),
                      batch_size=8, shots=1, minutes_cpu=4),
     "standard": Profile("standard", n_eval=60, n_attribution=64, n_train=400, finetune_steps=100,
                         seeds=(0, 1, 2), batch_size=16, shots=2, minutes_cpu=45),
