@@ -27,7 +27,8 @@ from nrnlib.tasks import Task
 def make_task(n: int, words: int) -> Task:
     """Examples whose prompt has about ``words`` words and a short generated answer."""
     text = " ".join(["the quick brown fox jumps over the lazy dog"] * (words // 9 + 1)).split()[:words]
-    records = [{"input": " ".join(text[i % 5:] + text[: i % 5]), "target": "a lazy dog"} for i in range(2 * n)]
+    records = [{"input": f"{i}. " + " ".join(text[i % 9:] + text[: i % 9]), "target": "a lazy dog"}
+               for i in range(2 * n)]
     return Task.from_records("bench", records, "generation", instruction="Summarize: {input}", test_fraction=0.5)
 
 
@@ -51,6 +52,8 @@ def main() -> None:
 
     model = load_model(args.model)
     task = make_task(args.batch, max(1, args.tokens - 45))  # the chat template adds ~45 tokens
+    if len(task.train) < args.batch:
+        raise SystemExit(f"benchmark task has {len(task.train)} train examples, fewer than --batch {args.batch}")
     examples = list(task.train[: args.batch])
     from nrnlib.encoding import encode_examples
     from nrnlib.losses import answer_loss
