@@ -64,20 +64,20 @@ def prompt_ids(tokenizer, task, example: dict, shots: Sequence[dict] = ()) -> li
 def label_token_ids(tokenizer, labels: Sequence[str]) -> list[int]:
     """One token id per label word, as the word appears at the start of the answer.
 
-    Raises ``ValueError`` naming the label word if it is not exactly one token.
+    Raises ``ValueError`` naming every label word that is not exactly one token, with its pieces.
     """
-    ids = []
+    ids, bad = [], []
     for label in labels:
         pieces = tokenize(tokenizer, answer_text(tokenizer, label))
-        if len(pieces) != 1:
-            shown = [tokenizer.decode([p]) for p in pieces]
-            raise ValueError(
-                f"Label word {label!r} is {len(pieces)} tokens {shown} for this tokenizer; "
-                "classification needs single-token label words: choose another word."
-            )
-        ids.append(pieces[0])
+        if len(pieces) == 1:
+            ids.append(pieces[0])
+        else:
+            bad.append(f"{label!r} -> {len(pieces)} tokens {tokenizer.convert_ids_to_tokens(pieces)}")
+    if bad:
+        raise ValueError("label words must be exactly one token for this tokenizer, but " + "; ".join(bad)
+                         + ". Classification needs single-token label words: choose other words.")
     if len(set(ids)) != len(ids):
-        raise ValueError(f"Label words {list(labels)} do not map to distinct tokens")
+        raise ValueError(f"label words {list(labels)} do not map to distinct tokens")
     return ids
 
 

@@ -308,36 +308,17 @@ class Task:
 
 
 def check_label_tokens(task: Task, tokenizer: Any) -> list[int]:
-    """Token id of each label word of ``task`` (in ``task.labels`` order).
-
-    Each label word must be exactly one token when tokenized on its own without special tokens, which
-    is how it appears right after ``<|im_start|>assistant\\n``. Raises :class:`TaskError` naming every
-    offending word and its pieces otherwise. Tasks without labels give ``[]``.
+    """Token id of each label word of ``task`` (in ``task.labels`` order), as the word appears at the
+    start of the answer (right after ``<|im_start|>assistant\n`` for a chat model; see
+    :func:`nrnlib.encoding.label_token_ids`). Raises :class:`TaskError` naming every word that is not
+    exactly one token, with its pieces. Tasks without labels give ``[]``.
     """
-    ids: list[int] = []
-    bad = []
-    for label in task.labels:
-        try:
-            pieces = list(tokenizer(label, add_special_tokens=False)["input_ids"])
-        except TypeError:
-            pieces = list(tokenizer.encode(label, add_special_tokens=False))
-        if len(pieces) != 1:
-            try:
-                shown = tokenizer.convert_ids_to_tokens(pieces)
-            except AttributeError:
-                shown = pieces
-            bad.append(f"{label!r} -> {len(pieces)} tokens {shown}")
-        else:
-            ids.append(int(pieces[0]))
-    if bad:
-        raise TaskError(
-            f"task {task.name!r}: label words must be exactly one token for this tokenizer, but "
-            + "; ".join(bad)
-            + ". Choose single-token words (check with tokenizer(word, add_special_tokens=False))."
-        )
-    if len(set(ids)) != len(ids):
-        raise TaskError(f"task {task.name!r}: label words {task.labels} do not map to distinct tokens")
-    return ids
+    from nrnlib.encoding import label_token_ids
+
+    try:
+        return label_token_ids(tokenizer, task.labels)
+    except ValueError as err:
+        raise TaskError(f"task {task.name!r}: {err}") from None
 
 
 # --------------------------------------------------------------------------------------------------

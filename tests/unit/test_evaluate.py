@@ -84,7 +84,7 @@ def test_bad_inputs_give_clear_errors(tiny_llama, parity_task):
         encode_examples(tiny_llama, parity_task, [])
     with pytest.raises(ValueError, match="n must be"):
         evaluate(tiny_llama, parity_task, n=0, progress=False)
-    with pytest.raises(ValueError, match="Label word 'supercalifragilistic' is .* tokens"):
+    with pytest.raises(ValueError, match="'supercalifragilistic' -> [0-9]+ tokens"):
         label_token_ids(tiny_llama.tokenizer, ["yes", "supercalifragilistic"])
     long = Task.from_records("long", [{"input": "word " * 600, "target": "yes"}, {"input": "a", "target": "no"}] * 2,
                              "classification", labels=("yes", "no"), test_fraction=0.5)
