@@ -137,25 +137,36 @@ def context_length(model) -> int:
     return int(model.cfg.n_ctx)
 
 
+def pad_id(tokenizer) -> int:
+    """The padding token: the tokenizer's own, else EOS, else 0 (never attended to: right padding)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
+def example_ids(
+    model, task, example: dict, with_answer: bool = True, shots: Sequence[dict] = ()
+) -> tuple[list[int], list[int]]:
+    """Prompt ids and answer ids (empty without ``with_answer``) of one example, checked to fit the
+    model's context; raises ``PromptTooLongError`` otherwise."""
+    tok = model.tokenizer
+    prompt = prompt_ids(tok, task, example, shots)
+    answer = answer_ids(tok, task, example) if with_answer else []
+    limit = context_length(model)
+    if len(prompt) + len(answer) > limit:
+        raise PromptTooLongError(
+            f"An example of task {task.name!r} is {len(prompt) + len(answer)} tokens, more than the model's "
+            f"context of {limit}; shorten its input or use fewer shots."
+        )
+    return prompt, answer
+
+
 def encode_examples(
     model, task, examples: Sequence[dict], with_answers: bool = True, shots: Sequence[dict] = ()
 ) -> EncodedBatch:
     """Encode ``examples`` of ``task`` for ``model`` (prompt + answer when ``with_answers``)."""
     if len(examples) == 0:
         raise ValueError(f"No examples to encode for task {task.name!r}")
-    tok = model.tokenizer
-    prompts = [prompt_ids(tok, task, ex, shots) for ex in examples]
-    answers = [answer_ids(tok, task, ex) for ex in examples] if with_answers else None
-    limit = context_length(model)
-    for i, p in enumerate(prompts):
-        n = len(p) + (len(answers[i]) if answers else 0)
-        if n > limit:
-            raise PromptTooLongError(
-                f"Example {i} of task {task.name!r} is {n} tokens, more than the model's context of "
-                f"{limit}; shorten its input or use fewer shots."
-            )
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    return pad_batch(prompts, answers, pad)
+    pairs = [example_ids(model, task, ex, with_answers, shots) for ex in examples]
+    return pad_batch([p for p, _ in pairs], [a for _, a in pairs], pad_id(model.tokenizer))
 
 
 def batches(

@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from nrnlib.encoding import EncodedBatch, batches, encode_examples, end_of_answer_id, label_token_ids
+from nrnlib.encoding import EncodedBatch, batches, encode_examples, end_of_answer_id, label_token_ids, pad_id
 from nrnlib.losses import answer_token_logits, last_prompt_logits
 
 PRIMARY_METRIC = {"classification": "accuracy", "generation": "rougeL"}
@@ -98,7 +98,7 @@ def greedy_decode(
     batch = encode_examples(model, task, examples, with_answers=False, shots=shots)
     lengths = batch.prompt_lengths
     width = int(lengths.max())
-    pad = int(batch.input_ids[0, -1]) if tok.pad_token_id is None else tok.pad_token_id
+    pad = pad_id(tok)
     ids = torch.full((len(batch), width), pad, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for i, n in enumerate(lengths.tolist()):

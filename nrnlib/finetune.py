@@ -108,19 +108,12 @@ def _training_items(tasks, n_train: int | None) -> list[tuple[object, dict]]:
 
 
 def _encode_items(model, items) -> list[tuple[list[int], list[int]]]:
-    tok = model.tokenizer
-    limit = encoding.context_length(model)
     out = []
     for task, ex in items:
-        p, a = encoding.prompt_ids(tok, task, ex), encoding.answer_ids(tok, task, ex)
-        if len(p) + len(a) > limit:
-            raise encoding.PromptTooLongError(
-                f"A training example of task {task.name!r} is {len(p) + len(a)} tokens, more than the "
-                f"model's context of {limit}"
-            )
-        if not a:
+        prompt, answer = encoding.example_ids(model, task, ex)
+        if not answer:
             raise ValueError(f"A training example of task {task.name!r} has no answer tokens")
-        out.append((p, a))
+        out.append((prompt, answer))
     return out
 
 
@@ -172,8 +165,7 @@ def finetune(
         raise ValueError("the NeuronSet is empty: nothing to train")
 
     encoded = _encode_items(model, _training_items(tasks, n_train))
-    tok = model.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    pad = encoding.pad_id(model.tokenizer)
     device = next(iter(model.parameters())).device
     order = _order(len(encoded), seed)
 
