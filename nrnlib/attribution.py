@@ -110,18 +110,21 @@ def _embed_requires_grad(x: Tensor, hook=None) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _examples(task, split: str, n_examples: int) -> list[dict]:
+def _examples(task, split: str, n_examples: int, start: int = 0) -> list[dict]:
     if not isinstance(n_examples, int) or n_examples < 1:
         raise ValueError(f"n_examples must be an integer >= 1, got {n_examples!r}")
+    if not isinstance(start, int) or start < 0:
+        raise ValueError(f"start must be an integer >= 0, got {start!r}")
     examples = list(task.split(split))
-    if not examples:
-        raise ValueError(f"Task {task.name!r} has no {split!r} examples")
-    if len(examples) < n_examples:
+    if len(examples) <= start:
+        raise ValueError(f"Task {task.name!r} has {len(examples)} {split!r} examples, none from index {start}")
+    if len(examples) < start + n_examples:
         warnings.warn(
-            f"Task {task.name!r} has only {len(examples)} {split!r} examples (asked for {n_examples}); using all.",
+            f"Task {task.name!r} has only {len(examples) - start} {split!r} examples from index {start} "
+            f"(asked for {n_examples}); using those.",
             stacklevel=3,
         )
-    return examples[:n_examples]
+    return examples[start: start + n_examples]
 
 
 def _hash_examples(task, examples: Sequence[dict]) -> str:
@@ -281,13 +284,15 @@ def attribute(
     split: str = "train",
     batch_size: int = 8,
     aggregation: str = "signed_sum",
+    start: int = 0,
     cache: bool = True,
     progress: bool = True,
 ) -> Float[Tensor, "n_layers d_mlp"]:
     """Relevance ``R[l, j]`` of every MLP neuron for ``task`` (Paper A's gradient attribution), fp32 on CPU.
 
     Loss per example b: mean cross-entropy over its answer tokens; g = ∂L_b/∂ω, a = ω at every
-    position. Aggregations over positions, then summed over the first ``n_examples`` examples:
+    position. Aggregations over positions, then summed over ``n_examples`` examples of ``split`` from
+    index ``start`` (scores are sums, so disjoint chunks add up to the scores of their union):
 
     - ``"signed_sum"`` (default): ``|Σ_pos g·a|``, the first-order estimate of the loss change when
       the neuron is zeroed at all positions (Paper A's derivation, ω → 0);
@@ -303,7 +308,7 @@ def attribute(
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    examples = _examples(task, split, n_examples)
+    examples = _examples(task, split, n_examples, start)
     return _cached(
         cache,
         lambda: _cache_key(model, task, examples, kind="attribution", split=split, n_examples=n_examples,

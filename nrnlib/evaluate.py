@@ -2,7 +2,10 @@
 
 Classification: the label words' logits at the last prompt token, restricted to the label set;
 ``accuracy`` = argmax over labels equals the gold label; ``label_logprob`` = mean
-``log p(gold label token)`` under the full vocabulary softmax (far more sensitive than accuracy).
+``log p(gold label token)`` under the full vocabulary softmax (far more sensitive than accuracy);
+``calibrated_accuracy`` = Batch Calibration (Zhou et al., ICLR 2024): argmax over labels of
+``log p(y|x) − mean_{x' in the evaluated examples} log p(y|x')``, which removes the model's prior
+preference for one label word (no gold labels are used).
 
 Generation: teacher-forced ``answer_logprob`` (mean over examples of the summed log-prob of the
 answer tokens, end-of-turn included) and ``token_accuracy`` (argmax equals the answer token);
@@ -167,14 +170,17 @@ def evaluate(
 def _evaluate_classification(model, task, examples, demos, batch_size, progress, desc) -> TaskScore:
     label_ids = torch.tensor(label_token_ids(model.tokenizer, task.labels), device=model.cfg.device)
     gold = torch.tensor([task.labels.index(task.target(ex)) for ex in examples])
-    preds, gold_lp = [], []
+    preds, label_lps = [], []
     for batch in tqdm(list(batches(model, task, examples, batch_size, False, demos)), desc=desc, disable=not progress):
         pred, lp = classify_batch(model, batch.to(model.cfg.device), label_ids)
         preds.append(pred.cpu())
-        gold_lp.append(lp.cpu())
+        label_lps.append(lp.cpu())
     pred = torch.cat(preds)
-    lp = torch.cat(gold_lp).gather(-1, gold[:, None]).squeeze(-1)
-    metrics = {"accuracy": float((pred == gold).float().mean()), "label_logprob": float(lp.mean())}
+    label_lp = torch.cat(label_lps)
+    calibrated = (label_lp - label_lp.mean(0, keepdim=True)).argmax(-1)
+    metrics = {"accuracy": float((pred == gold).float().mean()),
+               "calibrated_accuracy": float((calibrated == gold).float().mean()),
+               "label_logprob": float(label_lp.gather(-1, gold[:, None]).mean())}
     return TaskScore(task.name, task.category, len(examples), metrics, [task.labels[i] for i in pred.tolist()])
 
 

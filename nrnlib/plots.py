@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 TEMPLATE = "plotly_white"
 _CHROME_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
@@ -74,4 +75,49 @@ def task_scores_figure(table: pd.DataFrame, title: str) -> go.Figure:
                                  showlegend=i == 1, marker=dict(symbol="line-ew-open", size=28, color="black",
                                                                 line=dict(width=3))), row=1, col=i)
     fig.update_layout(legend_title_text="")
+    return fig
+
+
+def heatmaps_figure(
+    matrices: Mapping[str, pd.DataFrame], title: str, colorbar_title: str, zmin: float | None = None,
+    zmax: float | None = None, colorscale: str = "Viridis", zmid: float | None = None,
+) -> go.Figure:
+    """Side-by-side heatmaps sharing one colour scale (one per entry of ``matrices``: rows x columns)."""
+    fig = make_subplots(rows=1, cols=len(matrices), subplot_titles=list(matrices), horizontal_spacing=0.12)
+    values = pd.concat([m.stack() for m in matrices.values()])
+    lo = float(values.min()) if zmin is None else zmin
+    hi = float(values.max()) if zmax is None else zmax
+    for i, matrix in enumerate(matrices.values(), start=1):
+        fig.add_trace(go.Heatmap(z=matrix.values, x=[str(c) for c in matrix.columns], y=[str(r) for r in matrix.index],
+                                 zmin=lo, zmax=hi, zmid=zmid, colorscale=colorscale, showscale=i == 1,
+                                 colorbar=dict(title=colorbar_title)), row=1, col=i)
+        fig.update_yaxes(autorange="reversed", row=1, col=i)
+    fig.update_layout(template=TEMPLATE, title=title)
+    return fig
+
+
+def lines_figure(table: pd.DataFrame, x: str, y: str, color: str, title: str, facet_col: str | None = None,
+                 line_dash: str | None = None, chance: float | None = None, log_x: bool = False,
+                 labels: Mapping[str, str] | None = None, facet_col_wrap: int = 0) -> go.Figure:
+    """Lines with markers (one per ``color`` group), optionally faceted, with a dotted chance line."""
+    fig = px.line(table, x=x, y=y, color=color, facet_col=facet_col, line_dash=line_dash, markers=True,
+                  template=TEMPLATE, title=title, log_x=log_x, labels=dict(labels or {}),
+                  facet_col_wrap=facet_col_wrap)
+    if chance is not None:
+        fig.add_hline(y=chance, line_dash="dot", line_color="black", annotation_text="random set")
+    return fig
+
+
+def drop_bars_figure(claims: pd.DataFrame, metric: str, title: str) -> go.Figure:
+    """Per task: the drop with its own neurons off beside the mean drop with matched random neurons
+    off (error bar: standard deviation over random seeds), one panel per selection."""
+    long = pd.concat([
+        claims.assign(condition="task neurons off", drop=claims[f"{metric}_drop_task"], spread=0.0),
+        claims.assign(condition="random neurons off", drop=claims[f"{metric}_drop_random"],
+                      spread=claims[f"{metric}_drop_random_std"]),
+    ])
+    fig = px.bar(long, x="task", y="drop", color="condition", barmode="group", facet_col="selection",
+                 error_y="spread", template=TEMPLATE, title=title,
+                 labels={"drop": f"{metric} drop (baseline − deactivated)", "task": ""})
+    fig.update_xaxes(tickangle=-40)
     return fig

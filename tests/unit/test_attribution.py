@@ -272,3 +272,17 @@ def test_selected_neurons_are_a_neuron_set(tiny_model, parity_task):
     chosen = A.select_neurons(scores, k=0.05, scope="layer", name="parity")
     assert isinstance(chosen, NeuronSet) and chosen.name == "parity"
     assert chosen.counts_per_layer().tolist() == [round(0.05 * tiny_model.cfg.d_mlp)] * tiny_model.cfg.n_layers
+
+
+def test_disjoint_chunks_add_up_to_the_reference(tiny_model, hf_mlps, echo_task):
+    """attribute(start=...) scores examples [start, start+n); two chunks sum to plain autograd's
+    scores of their union (relevance is a sum over examples)."""
+    ref = _reference(tiny_model, hf_mlps, echo_task, n=4)["signed_sum"]
+    a = A.attribute(tiny_model, echo_task, n_examples=2, start=0, cache=False, progress=False)
+    b = A.attribute(tiny_model, echo_task, n_examples=2, start=2, cache=False, progress=False)
+    assert float(((a + b).double() - ref).abs().max() / ref.abs().max()) < 1e-5
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="start"):
+        A.attribute(tiny_model, echo_task, n_examples=2, start=-1, cache=False, progress=False)
+    with pytest.raises(ValueError, match="none from index"):
+        A.attribute(tiny_model, echo_task, n_examples=2, start=10_000, cache=False, progress=False)

@@ -26,15 +26,21 @@ def test_classification_matches_hand_computation(tiny_llama, parity_task, batch_
     tok = tiny_llama.tokenizer
     labels = label_token_ids(tok, parity_task.labels)
     examples = parity_task.test
-    correct, gold_lp = [], []
+    correct, gold_lp, rows = [], [], []
     for ex in examples:
         lp = _full_logprobs(tiny_llama, prompt_ids(tok, parity_task, ex))[-1]
         pred = parity_task.labels[int(lp[labels].argmax())]
         correct.append(pred == parity_task.target(ex))
         gold_lp.append(float(lp[labels[parity_task.labels.index(parity_task.target(ex))]]))
+        rows.append([float(lp[i]) for i in labels])
+    # Batch Calibration by hand: subtract each label's mean log-prob over the examples, then argmax
+    means = [sum(r[j] for r in rows) / len(rows) for j in range(len(labels))]
+    calibrated = [parity_task.labels[max(range(len(labels)), key=lambda j: r[j] - means[j])] == parity_task.target(ex)
+                  for r, ex in zip(rows, examples, strict=True)]
     score = evaluate(tiny_llama, parity_task, batch_size=batch_size, progress=False)
     assert score.n == len(examples)
     assert score.metrics["accuracy"] == pytest.approx(sum(correct) / len(correct), abs=1e-9)
+    assert score.metrics["calibrated_accuracy"] == pytest.approx(sum(calibrated) / len(calibrated), abs=1e-9)
     assert score.metrics["label_logprob"] == pytest.approx(sum(gold_lp) / len(gold_lp), abs=1e-4)
 
 

@@ -1,7 +1,4 @@
-"""The code each notebook calls: one function per table or figure, taking a ``Profile`` and returning
-a tidy pandas DataFrame. Every per-task item is cached on disk (keyed by the model's weights, the
-task's examples and the settings), so an interrupted run resumes where it stopped and a rerun is
-instant."""
+"""Notebook 00: the task suite and the model's zero/few-shot scores."""
 
 from __future__ import annotations
 
@@ -35,8 +32,10 @@ def task_suite_table() -> pd.DataFrame:
 
 def score_task(model, task, profile: Profile, shots: int, seed: int = 0) -> dict:
     """``evaluate`` one task under ``profile`` (cached): a flat dict of metrics plus bookkeeping."""
+    # classification metrics gained calibrated_accuracy in v2; generation entries stay valid
+    version = "v2" if task.category == "classification" else "v1"
     key = stable_hash(model_fingerprint(model), task.name, [ex for ex in task.test[: profile.n_eval]],
-                      shots, seed, profile.n_eval)
+                      shots, seed, profile.n_eval, *([version] if version != "v1" else []))
 
     def compute() -> dict:
         start = time.perf_counter()

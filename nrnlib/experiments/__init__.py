@@ -1,0 +1,47 @@
+"""The code each notebook calls: one function per table or figure, taking a ``Profile`` and returning
+a tidy pandas DataFrame (or a dict of tensors / NeuronSets). Every per-task item is cached on disk
+(keyed by the model's weights, the task's examples and the settings), so an interrupted run resumes
+where it stopped and a rerun is instant.
+
+- ``suite``: notebook 00 (the task suite, zero/few-shot scores);
+- ``detection``: notebook 01 (relevance scores, task-neuron sets, depth, overlap, stability);
+- ``deactivation``: notebook 02 (Paper A Table 1).
+"""
+
+from nrnlib.experiments.deactivation import (
+    claims_table,
+    deactivation_table,
+    diagonal_dominance,
+    k_curve_table,
+    score_condition,
+    specificity_matrix,
+)
+from nrnlib.experiments.detection import (
+    depth_table,
+    iou_table,
+    mean_off_diagonal,
+    neuron_sets,
+    relevance_chunks,
+    relevance_scores,
+    stability_table,
+)
+from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_shot_table
+
+__all__ = [
+    "claims_table",
+    "deactivation_table",
+    "depth_table",
+    "diagonal_dominance",
+    "iou_table",
+    "k_curve_table",
+    "mean_off_diagonal",
+    "neuron_sets",
+    "relevance_chunks",
+    "relevance_scores",
+    "score_condition",
+    "score_task",
+    "specificity_matrix",
+    "stability_table",
+    "task_suite_table",
+    "zero_and_few_shot_table",
+]

@@ -1,0 +1,102 @@
+"""The notebooks' experiment helpers, checked against hand computations on small inputs."""
+
+import pandas as pd
+import pytest
+import torch
+
+from nrnlib import experiments as E
+from nrnlib.evaluate import evaluate
+from nrnlib.neurons import NeuronSet
+
+
+def _set(mask_rows, name=""):
+    return NeuronSet(torch.tensor(mask_rows, dtype=torch.bool), name=name)
+
+
+def test_mean_off_diagonal_by_hand():
+    m = pd.DataFrame([[1.0, 0.2, 0.4], [0.2, 1.0, 0.6], [0.4, 0.6, 1.0]])
+    assert E.mean_off_diagonal(m) == pytest.approx((0.2 + 0.4 + 0.2 + 0.6 + 0.4 + 0.6) / 6)
+    with pytest.raises(ValueError, match="square"):
+        E.mean_off_diagonal(pd.DataFrame([[1.0, 2.0]]))
+
+
+def test_iou_and_depth_tables_by_hand():
+    a = _set([[1, 1, 0, 0], [0, 0, 0, 0]], "a")
+    b = _set([[0, 1, 1, 0], [0, 0, 0, 1]], "b")
+    iou = E.iou_table({"a": a, "b": b})
+    assert iou.loc["a", "a"] == 1.0 and iou.loc["a", "b"] == pytest.approx(1 / 4) == iou.loc["b", "a"]
+    depth = E.depth_table({"b": b}, "plain").set_index("layer")
+    assert depth.loc[0, "count"] == 2 and depth.loc[1, "fraction_of_layer"] == 0.25
+    assert depth.share_of_set.sum() == pytest.approx(1.0) and depth.loc[1, "depth"] == 1.0
+
+
+def test_neuron_sets_plain_and_specific():
+    shared = torch.zeros(2, 5)
+    shared[0, 0] = 100.0  # relevant to both tasks: plain picks it, specific does not
+    s1, s2 = shared.clone(), shared.clone()
+    s1[1, 2], s2[1, 3] = 50.0, 50.0
+    s1 += 0.01
+    s2 += 0.01
+    plain = E.neuron_sets({"t1": s1, "t2": s2}, k=0.1, selection="plain")
+    specific = E.neuron_sets({"t1": s1, "t2": s2}, k=0.1, selection="specific")
+    assert plain["t1"].mask[0, 0] and plain["t2"].mask[0, 0]
+    assert specific["t1"].mask[1, 2] and specific["t2"].mask[1, 3] and not specific["t1"].mask[0, 0]
+    with pytest.raises(ValueError, match="selection"):
+        E.neuron_sets({"t1": s1, "t2": s2}, selection="entropy")
+
+
+def test_stability_uses_disjoint_halves():
+    """Half A = chunks [0, m), half B = chunks [C/2, C/2 + m): identical halves give IoU 1, halves
+    that favour different neurons give IoU 0."""
+    agree = torch.zeros(4, 1, 10)
+    agree[:, 0, 3] = 1.0
+    differ = torch.zeros(4, 1, 10)
+    differ[:2, 0, 1] = 1.0
+    differ[2:, 0, 7] = 1.0
+    table = E.stability_table({"agree": agree, "differ": differ}, k=0.1, selections=("plain",))
+    assert sorted(table.chunks_per_half.unique()) == [1, 2]
+    assert (table[table.task == "agree"].iou == 1.0).all() and (table[table.task == "differ"].iou == 0.0).all()
+
+
+def test_score_condition_equals_a_hand_loop(tiny_model, parity_task, tmp_path, monkeypatch):
+    """Deactivating a set via the experiment equals evaluating under a hand-written hook that zeroes
+    the same neurons, and the cached rerun returns the same numbers."""
+    monkeypatch.setenv("NRN_CACHE", str(tmp_path))
+    L, D = tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp
+    neurons = NeuronSet.from_indices(L, D, {0: range(0, D, 2), L - 1: [1, 5]})
+
+    def zero(layer):
+        def hook(x, hook=None):
+            x = x.clone()
+            x[..., neurons.indices(layer)] = 0
+            return x
+        return hook
+
+    with tiny_model.hooks(fwd_hooks=[(f"blocks.{lay}.mlp.hook_post", zero(lay)) for lay in neurons.layers()]):
+        expected = evaluate(tiny_model, parity_task, n=6, decode=False, progress=False).metrics
+    got = E.score_condition(tiny_model, parity_task, neurons, n=6)
+    again = E.score_condition(tiny_model, parity_task, neurons, n=6)
+    intact = E.score_condition(tiny_model, parity_task, None, n=6)
+    assert got["label_logprob"] == pytest.approx(expected["label_logprob"], abs=1e-6)
+    assert got == again and intact["label_logprob"] != pytest.approx(got["label_logprob"], abs=1e-6)
+
+
+def test_claims_table_factor_rule():
+    rows = []
+    for task, own, rnd in [("hurts", 1.0, [0.1, 0.2, 0.3]), ("weak", 0.3, [0.2, 0.2, 0.2]), ("helps", -0.1, [0.0] * 3)]:
+        rows.append({"task": task, "category": "classification", "role": "train", "selection": "plain",
+                     "condition": "task", "mode": "activation", "logprob_drop": own, "accuracy_drop": own})
+        rows += [{"task": task, "category": "classification", "role": "train", "selection": "plain",
+                  "condition": "random", "mode": "activation", "logprob_drop": r, "accuracy_drop": r} for r in rnd]
+    claims = E.claims_table(pd.DataFrame(rows), factor=3.0).set_index("task")
+    assert claims.loc["hurts", "logprob_holds"] and not claims.loc["weak", "logprob_holds"]
+    assert not claims.loc["helps", "logprob_holds"]
+    assert claims.loc["hurts", "logprob_drop_random"] == pytest.approx(0.2)
+    assert claims.loc["hurts", "logprob_drop_random_std"] == pytest.approx(0.1)
+
+
+def test_diagonal_dominance():
+    drops = pd.DataFrame([[2.0, 0.1], [0.5, 0.05]], index=["a", "b"], columns=["a", "b"])
+    dom = E.diagonal_dominance(drops).set_index("task")
+    assert dom.loc["a", "own_is_max"] and not dom.loc["b", "own_is_max"]
+    assert dom.loc["b", "most_harmful_other"] == "a"
