@@ -199,3 +199,20 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
     log.wall_s = time.perf_counter() - start
     return log
+
+
+@contextlib.contextmanager
+def restored_after(model) -> Iterator[None]:
+    """Within the block the model may be trained or edited; on exit (also after an exception) every
+    parameter is copied back from a snapshot taken on entry, bit-exactly, and ``eval()`` is set.
+    Lets one loaded model serve every arm of a comparison."""
+    params = unique_parameters(model)
+    with torch.no_grad():
+        snapshot = [p.detach().clone() for p in params]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, saved in zip(params, snapshot, strict=True):
+                p.copy_(saved)
+        model.eval()

@@ -121,3 +121,15 @@ def drop_bars_figure(claims: pd.DataFrame, metric: str, title: str) -> go.Figure
                  labels={"drop": f"{metric} drop (baseline − deactivated)", "task": ""})
     fig.update_xaxes(tickangle=-40)
     return fig
+
+
+def arm_bars_figure(table: pd.DataFrame, metric: str, title: str) -> go.Figure:
+    """Per task, one bar per fine-tuning arm: mean of ``metric`` over seeds, error bar = std."""
+    stats = table.groupby(["task", "arm"], sort=False)[metric].agg(["mean", "std"]).reset_index().fillna({"std": 0})
+    category = table.drop_duplicates("task").set_index("task").category
+    stats["category"] = stats.task.map(category)
+    fig = px.bar(stats, x="task", y="mean", color="arm", barmode="group", error_y="std", template=TEMPLATE,
+                 facet_col="category", title=title, labels={"mean": metric, "task": ""})
+    fig.update_xaxes(matches=None)
+    fig.update_yaxes(matches=None, showticklabels=True)
+    return fig

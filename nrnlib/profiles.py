@@ -24,6 +24,7 @@ class Profile:
     n_eval_conditions: int = 24  # test examples per condition where a table scores many conditions
     k_grid: tuple[float, ...] = (0.02, 0.05, 0.10)  # fractions of neurons for curves over k
     tasks: tuple[str, ...] | None = None  # the tasks of the many-condition notebooks (None: all twelve)
+    finetune_batch_size: int = 8  # examples per fine-tuning step
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -37,15 +38,15 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=4, seeds=(0,),
+    "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
                      batch_size=8, shots=1, minutes_cpu=4, n_eval_conditions=4, k_grid=(0.05, 0.10),
-                     tasks=("word_polarity", "tweet_sentiment", "antonym", "hypernym")),
-    "standard": Profile("standard", n_eval=60, n_attribution=64, n_train=400, finetune_steps=100,
+                     tasks=("word_polarity", "tweet_sentiment", "antonym", "hypernym"), finetune_batch_size=2),
+    "standard": Profile("standard", n_eval=60, n_attribution=64, n_train=400, finetune_steps=25,
                         seeds=(0, 1, 2), batch_size=16, shots=2, minutes_cpu=45, n_eval_conditions=24,
-                        k_grid=(0.02, 0.05, 0.10)),
+                        k_grid=(0.02, 0.05, 0.10), finetune_batch_size=4),
     "full": Profile("full", n_eval=500, n_attribution=256, n_train=1000, finetune_steps=300,
                     seeds=(0, 1, 2, 3, 4), batch_size=32, shots=2, minutes_cpu=240,
-                    n_eval_conditions=200, k_grid=(0.005, 0.01, 0.02, 0.05, 0.10)),
+                    n_eval_conditions=200, k_grid=(0.005, 0.01, 0.02, 0.05, 0.10), finetune_batch_size=16),
 }
 
 

@@ -5,7 +5,8 @@ where it stopped and a rerun is instant.
 
 - ``suite``: notebook 00 (the task suite, zero/few-shot scores);
 - ``detection``: notebook 01 (relevance scores, task-neuron sets, depth, overlap, stability);
-- ``deactivation``: notebook 02 (Paper A Table 1).
+- ``deactivation``: notebook 02 (Paper A Table 1);
+- ``neuron_finetuning``: notebook 03 (Paper A Table 2).
 """
 
 from nrnlib.experiments.deactivation import (
@@ -25,6 +26,7 @@ from nrnlib.experiments.detection import (
     relevance_scores,
     stability_table,
 )
+from nrnlib.experiments.neuron_finetuning import finetune_arm, finetuning_claims, neuron_finetuning_table
 from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_shot_table
 
 __all__ = [
@@ -32,9 +34,12 @@ __all__ = [
     "deactivation_table",
     "depth_table",
     "diagonal_dominance",
+    "finetune_arm",
+    "finetuning_claims",
     "iou_table",
     "k_curve_table",
     "mean_off_diagonal",
+    "neuron_finetuning_table",
     "neuron_sets",
     "relevance_chunks",
     "relevance_scores",

@@ -100,3 +100,40 @@ def test_diagonal_dominance():
     dom = E.diagonal_dominance(drops).set_index("task")
     assert dom.loc["a", "own_is_max"] and not dom.loc["b", "own_is_max"]
     assert dom.loc["b", "most_harmful_other"] == "a"
+
+
+def test_finetune_arm_equals_a_hand_run_and_restores_the_model(tiny_model, parity_task, tmp_path, monkeypatch):
+    """The arm's score equals finetune + evaluate done by hand (same seed, same batches), and the model
+    is unchanged afterwards, so the next arm starts from the same weights."""
+    from dataclasses import replace
+
+    from nrnlib.finetune import finetune
+    from nrnlib.profiles import get_profile
+
+    monkeypatch.setenv("NRN_CACHE", str(tmp_path))
+    profile = replace(get_profile("smoke"), n_eval_conditions=6, finetune_steps=2, finetune_batch_size=2, n_train=8)
+    L, D = tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp
+    neurons = NeuronSet.from_indices(L, D, {0: range(8), L - 1: range(4)})
+    before = [p.detach().clone() for p in tiny_model.parameters()]
+    got = E.finetune_arm(tiny_model, parity_task, neurons, profile, seed=3, lr=1e-2, arm="task")
+    assert all(torch.equal(p, b) for p, b in zip(tiny_model.parameters(), before, strict=True))
+    log = finetune(tiny_model, [parity_task], neurons=neurons, steps=2, lr=1e-2, seed=3, batch_size=2, n_train=8,
+                   progress=False)
+    expected = evaluate(tiny_model, parity_task, n=6, decode=False, progress=False).metrics
+    with torch.no_grad():
+        for p, b in zip(tiny_model.parameters(), before, strict=True):
+            p.copy_(b)
+    assert got["label_logprob"] == pytest.approx(expected["label_logprob"], abs=1e-6)
+    assert got["first_loss"] == pytest.approx(log.first_loss, abs=1e-6) and got["steps"] == 2
+    none = E.finetune_arm(tiny_model, parity_task, None, profile, seed=0, lr=1e-2, arm="none")
+    assert none["steps"] == 0 and none["label_logprob"] != pytest.approx(got["label_logprob"], abs=1e-6)
+
+
+def test_finetuning_claims_by_hand():
+    rows = [{"task": "t", "category": "classification", "arm": arm, "seed": s, "logprob": lp, "accuracy": acc}
+            for arm, s, lp, acc in [("task", 0, -1.0, 0.5), ("task", 1, -2.0, 0.7), ("random", 0, -3.0, 0.9),
+                                    ("random", 1, -3.0, 0.7), ("none", 0, -4.0, 0.2)]]
+    claims = E.finetuning_claims(pd.DataFrame(rows)).iloc[0]
+    assert claims.logprob_task == pytest.approx(-1.5) and claims.logprob_random == pytest.approx(-3.0)
+    assert claims.logprob_task_beats_random and not claims.accuracy_task_beats_random
+    assert claims.logprob_task_std == pytest.approx(2 ** -0.5)

@@ -100,3 +100,20 @@ def test_validation(model, parity_task):
         finetune(model, parity_task, neurons=NeuronSet.empty(1, 2), steps=1)
     with pytest.raises(ValueError, match="batch_size"):
         finetune(model, parity_task, steps=1, batch_size=0)
+
+
+def test_restored_after_puts_back_every_parameter_bit_exactly(model, parity_task):
+    """Training inside restored_after changes the model within the block only, also on exception."""
+    from nrnlib.finetune import restored_after
+
+    before = [p.detach().clone() for p in model.parameters()]
+    with restored_after(model):
+        finetune(model, [parity_task], steps=2, lr=1e-2, batch_size=2, progress=False)
+        assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    with pytest.raises(RuntimeError, match="boom"), restored_after(model):
+        with torch.no_grad():
+            next(iter(model.parameters())).add_(1.0)
+        raise RuntimeError("boom")
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert not model.training

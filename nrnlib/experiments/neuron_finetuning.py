@@ -1,0 +1,95 @@
+"""Notebook 03 (Paper A Table 2): fine-tune only a task's neurons, only matched random neurons, or all
+parameters, with the same loop, data order, steps and learning rate, and score the task's test split.
+
+Each arm runs inside ``finetune.restored_after``, so one loaded model serves every arm and seed, and
+each result is cached on disk (an interrupted run resumes at the next arm).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from nrnlib.evaluate import evaluate
+from nrnlib.experiments.deactivation import LOGPROB_METRIC, TEACHER_FORCED_METRIC
+from nrnlib.finetune import finetune, restored_after
+from nrnlib.models import model_fingerprint
+from nrnlib.neurons import NeuronSet
+from nrnlib.profiles import Profile
+from nrnlib.results import cached_json, stable_hash
+from nrnlib.tasks import get_task
+
+ARMS = ("none", "task", "random", "all")
+
+
+def _digest(neurons: NeuronSet | None) -> str:
+    return "all" if neurons is None else hashlib.sha256(neurons.mask.numpy().tobytes()).hexdigest()[:16]
+
+
+def finetune_arm(
+    model, task, neurons: NeuronSet | None, profile: Profile, seed: int, lr: float, arm: str,
+    fingerprint: str | None = None,
+) -> dict:
+    """Fine-tune on ``task`` (all parameters when ``neurons`` is None; nothing for arm "none"), score
+    its first ``profile.n_eval_conditions`` test examples (teacher-forced), restore the model."""
+    steps = 0 if arm == "none" else profile.finetune_steps
+    key = stable_hash("finetune-v1", fingerprint or model_fingerprint(model), task.name, task.instruction,
+                      list(task.test[: profile.n_eval_conditions]), _digest(neurons), arm, seed, lr, steps,
+                      profile.finetune_batch_size, profile.n_train)
+
+    def compute() -> dict:
+        with restored_after(model):
+            log = None
+            if steps:
+                log = finetune(model, [task], neurons=neurons, steps=steps, lr=lr, seed=seed,
+                               batch_size=profile.finetune_batch_size, n_train=profile.n_train, progress=False)
+            score = evaluate(model, task, n=profile.n_eval_conditions, decode=False, progress=False)
+        return {**score.metrics, "n": score.n, "steps": steps,
+                "trainable_entries": log.n_trainable_entries if log else 0,
+                "first_loss": log.first_loss if log else None, "last_loss": log.last_loss if log else None,
+                "mean_loss_last_5": sum(log.losses[-5:]) / len(log.losses[-5:]) if log else None,
+                "train_wall_s": log.wall_s if log else 0.0}
+
+    return cached_json("finetune", key, compute)
+
+
+def neuron_finetuning_table(
+    model, sets: Mapping[str, NeuronSet], profile: Profile, lr: float = 1e-4, arms: Sequence[str] = ARMS,
+) -> pd.DataFrame:
+    """Table 2: for every task in ``sets`` (its task-neuron set), every arm and every seed of the profile:
+    the task's test metrics after training. Arm "random" uses ``sets[task].random_like(seed)``."""
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise ValueError(f"unknown arms {sorted(unknown)}; choose from {ARMS}")
+    fp = model_fingerprint(model)
+    rows = []
+    jobs = [(name, arm, seed) for name in sets for arm in arms for seed in (profile.seeds if arm != "none" else (0,))]
+    for name, arm, seed in tqdm(jobs, desc="Table 2"):
+        task = get_task(name)
+        neurons = {"task": sets[name], "random": sets[name].random_like(seed)}.get(arm)
+        r = finetune_arm(model, task, neurons, profile, seed, lr, arm, fp)
+        rows.append({"task": name, "category": task.category, "arm": arm, "seed": seed,
+                     "logprob": r[LOGPROB_METRIC[task.category]], "accuracy": r[TEACHER_FORCED_METRIC[task.category]],
+                     **{k: v for k, v in r.items() if k not in ("n",)}})
+    return pd.DataFrame(rows)
+
+
+def finetuning_claims(table: pd.DataFrame) -> pd.DataFrame:
+    """Per task: mean ± std over seeds of every arm, and whether "task-neuron fine-tuning beats
+    random-neuron fine-tuning" holds (higher mean log-prob, and higher mean accuracy)."""
+    stats = table.groupby(["task", "arm"], sort=False)[["logprob", "accuracy"]].agg(["mean", "std"])
+    rows = []
+    for name in table.task.unique():
+        row = {"task": name, "category": table[table.task == name].category.iloc[0]}
+        for arm in table[table.task == name].arm.unique():
+            for metric in ("logprob", "accuracy"):
+                row[f"{metric}_{arm}"] = stats.loc[(name, arm), (metric, "mean")]
+                row[f"{metric}_{arm}_std"] = stats.loc[(name, arm), (metric, "std")]
+        for metric in ("logprob", "accuracy"):
+            if f"{metric}_task" in row and f"{metric}_random" in row:
+                row[f"{metric}_task_beats_random"] = bool(row[f"{metric}_task"] > row[f"{metric}_random"])
+        rows.append(row)
+    return pd.DataFrame(rows)
