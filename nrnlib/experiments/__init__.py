@@ -6,7 +6,8 @@ where it stopped and a rerun is instant.
 - ``suite``: notebook 00 (the task suite, zero/few-shot scores);
 - ``detection``: notebook 01 (relevance scores, task-neuron sets, depth, overlap, stability);
 - ``deactivation``: notebook 02 (Paper A Table 1);
-- ``neuron_finetuning``: notebook 03 (Paper A Table 2).
+- ``neuron_finetuning``: notebook 03 (Paper A Table 2);
+- ``layer_by_layer``: notebook 07 (Paper B, CKA against single-task controls).
 """
 
 from nrnlib.experiments.deactivation import (
@@ -26,10 +27,16 @@ from nrnlib.experiments.detection import (
     relevance_scores,
     stability_table,
 )
+from nrnlib.experiments.layer_by_layer import cka_curves, layer_ranges, mossa_states, paper_b_ranges, ranges_as_depth
 from nrnlib.experiments.neuron_finetuning import finetune_arm, finetuning_claims, neuron_finetuning_table
 from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_shot_table
 
 __all__ = [
+    "cka_curves",
+    "layer_ranges",
+    "mossa_states",
+    "paper_b_ranges",
+    "ranges_as_depth",
     "claims_table",
     "deactivation_table",
     "depth_table",

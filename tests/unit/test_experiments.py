@@ -137,3 +137,46 @@ def test_finetuning_claims_by_hand():
     assert claims.logprob_task == pytest.approx(-1.5) and claims.logprob_random == pytest.approx(-3.0)
     assert claims.logprob_task_beats_random and not claims.accuracy_task_beats_random
     assert claims.logprob_task_std == pytest.approx(2 ** -0.5)
+
+
+def test_layer_ranges_on_synthetic_curves():
+    """b(l) ≥ τ on blocks 0-2, e(l) ≥ τ on blocks 3-4, neither afterwards: shared [0,3), transition
+    [3,5), refinement [5,8); with e = b the transition is empty."""
+    b = [1.0, 0.99, 0.97, 0.9, 0.8, 0.7, 0.6, 0.5]
+    e = [1.0, 0.99, 0.98, 0.97, 0.96, 0.8, 0.7, 0.6]
+
+    def curves(b, e):
+        rows = [{"model": "base", "layer": 0, "estimator": "linear", "cka": float("nan")},
+                {"model": "E", "layer": 0, "estimator": "linear", "cka": float("nan")}]
+        for name, values in (("base", b), ("E", e)):
+            rows += [{"model": name, "layer": i + 1, "estimator": "linear", "cka": v} for i, v in enumerate(values)]
+        return pd.DataFrame(rows)
+
+    assert E.layer_ranges(curves(b, e), tau=0.95) == {"shared": (0, 3), "transition": (3, 5), "refinement": (5, 8)}
+    assert E.layer_ranges(curves(b, b), tau=0.95)["transition"] == (3, 3)
+    assert E.ranges_as_depth({"shared": (0, 3), "transition": (3, 3)}, 8) == {"shared": "1-3 (0.12-0.38)",
+                                                                              "transition": "none"}
+    assert E.paper_b_ranges(32) == {"shared": (0, 9), "transition": (9, 15), "refinement": (15, 32)}
+
+
+def test_mossa_states_base_is_the_untouched_model(tiny_model, tmp_path, monkeypatch):
+    """Base states equal last_token_states of the loaded model, E and the controls differ from them,
+    and the model's weights are unchanged afterwards."""
+    from dataclasses import replace
+
+    from nrnlib.profiles import get_profile
+    from nrnlib.representations import last_token_states
+    from nrnlib.tasks import get_task
+
+    monkeypatch.setenv("NRN_CACHE", str(tmp_path))
+    profile = replace(get_profile("smoke"), n_eval=4, finetune_steps=2, finetune_batch_size=2, n_train=4)
+    before = [p.detach().clone() for p in tiny_model.parameters()]
+    states = E.mossa_states(tiny_model, profile, ["word_polarity", "antonym"], ["word_polarity"], lr=1e-2)
+    assert all(torch.equal(p, b) for p, b in zip(tiny_model.parameters(), before, strict=True))
+    direct = last_token_states(tiny_model, get_task("antonym"), n=4, progress=False)
+    torch.testing.assert_close(states["base"]["antonym"], direct)
+    assert not torch.allclose(states["E"]["antonym"][-1], direct[-1])
+    assert not torch.allclose(states["control"]["antonym"][-1], direct[-1])
+    curves = E.cka_curves(states, kinds=("linear",))
+    assert set(curves.model) == {"E", "base"} and curves.groupby("task").seen.first().to_dict() == {
+        "antonym": False, "word_polarity": True}
