@@ -31,8 +31,11 @@
 # tasks (used for fine-tuning later) and three *held-out* tasks (to measure out-of-domain generalization).
 #
 # **Metrics.** Classification: accuracy of the label word with the highest logit, restricted to the
-# label set, and the log-probability of the gold label word. Generation: greedy decoding scored by
-# ROUGE-L F1 and exact match, and the teacher-forced log-probability of the reference answer.
+# label set; the same after Batch Calibration (Zhou et al., ICLR 2024: subtract each label's mean
+# log-probability over the scored inputs before the argmax, which removes a small model's prior
+# preference for one label word and uses no gold labels); and the log-probability of the gold label
+# word. Generation: greedy decoding scored by ROUGE-L F1 and exact match, and the teacher-forced
+# log-probability of the reference answer.
 
 # %% tags=["parameters"]
 MODEL = "smollm2-135m-instruct"
@@ -69,7 +72,7 @@ suite
 # %% [markdown]
 # ## Zero-shot and few-shot scores against chance
 # Few-shot demonstrations are earlier chat turns drawn from the task's train split (never the test split).
-# Chance is the majority-class rate for classification and 0 for generation.
+# Chance is the majority-class rate among the scored test examples for classification and 0 for generation.
 
 # %%
 table = experiments.zero_and_few_shot_table(model, profile)
@@ -87,32 +90,37 @@ fig
 # answer's teacher-forced log-probability and token accuracy (generation).
 
 # %%
-detail_columns = ["task", "setting", "accuracy", "label_logprob", "answer_logprob", "token_accuracy", "exact_match",
-                  "rougeL"]
+detail_columns = ["task", "setting", "chance", "accuracy", "calibrated_accuracy", "most_common_share", "label_logprob",
+                  "answer_logprob", "token_accuracy", "exact_match", "rougeL"]
 table.reindex(columns=detail_columns).round(3)
 
 # %% [markdown]
 # ## Claims checked on these numbers
 # The foundation's bar: an instruct model should be clearly above chance (by at least 10 points of
-# accuracy, in its better setting) on at least four of the six classification tasks. The check is
-# reported, and written with the numbers to `figures/results/`, whether it holds or not; under the
-# `smoke` profile (12 examples per task) it means little. `most_common_share` is the fraction of test
-# examples that received the single most frequent predicted label: near 1 means the model answers
+# accuracy, in its better setting) on at least four of the six classification tasks. It is checked
+# twice, with the plain argmax over label words and with Batch Calibration, and reported, and written
+# with the numbers to `figures/results/`, whether it holds or not; under the `smoke` profile (4
+# examples per task) it means little. `most_common_share` is the fraction of test examples that
+# received the single most frequent predicted label (plain argmax): near 1 means the model answers
 # the same label whatever the input.
 
 # %%
 cls = table[table.category == "classification"]
-best = cls.groupby("task").agg(best=("primary", "max"), chance=("chance", "first"),
+best = cls.groupby("task").agg(chance=("chance", "first"), accuracy=("accuracy", "max"),
+                               calibrated_accuracy=("calibrated_accuracy", "max"),
                                most_common_share=("most_common_share", "max"))
-best["above_chance"] = best.best >= best.chance + 0.10
-n_above = int(best.above_chance.sum())
-claim = {"claim": "classification clearly above chance (>= chance + 0.10) on at least 4 of 6 tasks",
-         "n_above": n_above, "holds": n_above >= 4}
+claims = []
+for metric in ("accuracy", "calibrated_accuracy"):
+    best[f"{metric}_above"] = best[metric] >= best.chance + 0.10
+    n_above = int(best[f"{metric}_above"].sum())
+    claims.append({"claim": f"classification clearly above chance (>= chance + 0.10) on at least 4 of 6 tasks "
+                            f"({metric})", "n_above": n_above, "holds": n_above >= 4})
 print(best.round(3))
-print(f"clearly above chance on {n_above} of {len(best)} classification tasks -> claim holds: {claim['holds']}")
+for claim in claims:
+    print(f"{claim['claim']}: {claim['n_above']} of {len(best)} -> holds: {claim['holds']}")
 assert table.primary.between(0, 1).all() and (table.n == profile.n_eval).all()
 save_results(f"00_zero_few_shot_{profile.name}", {"table": table.drop(columns=["sample_predictions"], errors="ignore")
-             .to_dict(orient="records"), "claims": [claim]}, model=model, profile=profile,
+             .to_dict(orient="records"), "claims": claims}, model=model, profile=profile,
              seeds=[0], wall_s=time.perf_counter() - started)
 
 # %% [markdown]

@@ -207,9 +207,10 @@ def _evaluate_generation(model, task, examples, demos, batch_size, decode, progr
     return TaskScore(task.name, task.category, len(examples), metrics, texts)
 
 
-def chance_level(task) -> float:
-    """Accuracy of always answering the most frequent test label (classification), 0 for generation."""
+def chance_level(task, n: int | None = None, split: str = "test") -> float:
+    """Accuracy of always answering the most frequent label among the scored examples (the first
+    ``n`` of ``split``; all when None) for classification; 0 for generation."""
     if task.category != "classification":
         return 0.0
-    targets = [task.target(ex) for ex in task.split("test")]
+    targets = [task.target(ex) for ex in select_examples(task, split, n)]
     return max(targets.count(label) for label in task.labels) / len(targets)

@@ -63,7 +63,7 @@ def zero_and_few_shot_table(model, profile: Profile, tasks: Sequence[str] | None
                 "task": name, "category": task.category, "role": task.role,
                 "setting": "zero-shot" if shots == 0 else f"{shots}-shot",
                 "primary_metric": PRIMARY_METRIC[task.category],
-                "primary": result[PRIMARY_METRIC[task.category]], "chance": chance_level(task),
+                "primary": result[PRIMARY_METRIC[task.category]], "chance": chance_level(task, profile.n_eval),
                 **{k: v for k, v in result.items() if k not in ("sample_predictions",)},
             })
     return pd.DataFrame(rows)

@@ -96,3 +96,12 @@ def test_bad_inputs_give_clear_errors(tiny_llama, parity_task):
                              "classification", labels=("yes", "no"), test_fraction=0.5)
     with pytest.raises(PromptTooLongError, match="more than the model's context of 512"):
         evaluate(tiny_llama, long, progress=False)
+
+
+def test_chance_level_is_the_majority_rate_of_the_scored_examples(parity_task, echo_task):
+    from nrnlib.evaluate import chance_level
+
+    for n in (1, 3, len(parity_task.test)):
+        targets = [ex["target"] for ex in parity_task.test[:n]]
+        assert chance_level(parity_task, n) == max(targets.count("yes"), targets.count("no")) / n
+    assert chance_level(echo_task, 3) == 0.0
