@@ -77,15 +77,9 @@ claims = experiments.finetuning_claims(table)
 claims.round(3)
 
 # %%
-fig = plots.arm_bars_figure(table, "logprob", f"Test log-prob after fine-tuning each arm ({profile.name}; "
-                            "mean and std over seeds)")
-plots.save_figure(fig, "03_table2_logprob", width=1100, height=480)
-fig
-
-# %%
-fig = plots.arm_bars_figure(table, "accuracy", f"Test accuracy (classification) / token accuracy (generation) "
-                            f"after fine-tuning ({profile.name})")
-plots.save_figure(fig, "03_table2_accuracy", width=1100, height=480)
+fig = plots.arm_bars_figure(table, ["logprob", "accuracy"], f"Test log-prob and accuracy (token accuracy for "
+                            f"generation) after fine-tuning each arm ({profile.name}; mean and std over seeds)")
+plots.save_figure(fig, "03_table2", width=1100, height=800)
 fig
 
 # %% [markdown]
