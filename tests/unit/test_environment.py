@@ -19,3 +19,12 @@ def test_environment_yml_equals_pyproject():
 def test_torch_pinned_first_in_makefile():
     makefile = (ROOT / "Makefile").read_text()
     assert makefile.index("torch==2.13.0") < makefile.index("pip install --quiet -e .")
+
+
+def test_package_exports_the_design_entry_points():
+    import nrnlib
+
+    for name in nrnlib.__all__:
+        assert callable(getattr(nrnlib, name)), name
+    with __import__("pytest").raises(AttributeError, match="no attribute"):
+        nrnlib.does_not_exist  # noqa: B018
