@@ -56,3 +56,20 @@ def test_word_polarity_margin_separates_the_classes(smollm2):
     assert auc > 0.6
     score = evaluate(smollm2, task, n=32, progress=False)
     assert 0 <= score.metrics["accuracy"] <= 1 and score.metrics["label_logprob"] < 0
+
+
+def test_last_block_state_reproduces_the_label_logits(smollm2):
+    """The state read after the last block at the last prompt token, through the final norm and the
+    unembedding, gives the logits that classification uses (so the token index and the hook are right)."""
+    from nrnlib.representations import last_token_states, layer_cka
+
+    task = get_task("word_polarity")
+    states = last_token_states(smollm2, task, n=6, batch_size=4, progress=False)
+    assert states.shape == (smollm2.cfg.n_layers + 1, 6, smollm2.cfg.d_model)
+    hf = smollm2.original_model
+    with torch.no_grad():
+        logits = hf.get_output_embeddings()(hf.base_model.norm(states[-1]))
+        expected = last_prompt_logits(smollm2, encode_examples(smollm2, task, task.test[:6], with_answers=False))
+    torch.testing.assert_close(logits, expected, atol=1e-3, rtol=1e-4)
+    cka = layer_cka(states, states)
+    assert all(abs(c - 1) < 1e-9 for c in cka[1:])
