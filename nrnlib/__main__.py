@@ -42,8 +42,10 @@ def reproduce(profile_name: str | None, only: list[str] | None) -> None:
     profile = get_profile(profile_name)
     os.environ["NRN_PROFILE"] = profile.name
     sources = notebook_sources(only)
-    print(f"Profile {profile.name!r}: {len(sources)} notebooks, expected about "
-          f"{profile.minutes_cpu * len(sources):.0f} minutes on 2 CPU cores (much less on a GPU).", flush=True)
+    minutes = profile.expected_minutes([source.name[:2] for source in sources])
+    expected = (f"about {minutes:.0f} minutes on 2 CPU cores (uncached; much less on a GPU)" if minutes is not None
+                else "not timed on a CPU: run it on a GPU")
+    print(f"Profile {profile.name!r}: {len(sources)} notebooks, expected {expected}.", flush=True)
     total = time.perf_counter()
     for source in sources:
         print(f"  running {source.name} ...", flush=True)
