@@ -27,12 +27,20 @@ from nrnlib.experiments.detection import (
     relevance_scores,
     stability_table,
 )
-from nrnlib.experiments.layer_by_layer import cka_curves, layer_ranges, mossa_states, paper_b_ranges, ranges_as_depth
+from nrnlib.experiments.layer_by_layer import (
+    cka_curves,
+    cka_gap,
+    layer_ranges,
+    mossa_states,
+    paper_b_ranges,
+    ranges_as_depth,
+)
 from nrnlib.experiments.neuron_finetuning import finetune_arm, finetuning_claims, neuron_finetuning_table
 from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_shot_table
 
 __all__ = [
     "cka_curves",
+    "cka_gap",
     "layer_ranges",
     "mossa_states",
     "paper_b_ranges",

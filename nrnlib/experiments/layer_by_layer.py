@@ -140,3 +140,13 @@ def paper_b_ranges(n_layers: int = 32) -> dict[str, tuple[int, int]]:
     scale = n_layers / 32
     cut = [0, math.floor(9 * scale + 0.5), math.floor(15 * scale + 0.5), n_layers]
     return {"shared": (cut[0], cut[1]), "transition": (cut[1], cut[2]), "refinement": (cut[2], cut[3])}
+
+
+def cka_gap(curves: pd.DataFrame, estimator: str = "linear") -> pd.DataFrame:
+    """Per block (embedding excluded) and task group (seen / unseen): mean_t CKA(E, C_t) − mean_t
+    CKA(base, C_t); positive where the multi-task model is closer to the single-task controls."""
+    part = curves[(curves.estimator == estimator) & (curves.layer > 0)]
+    mean = part.groupby(["seen", "model", "layer"]).cka.mean().unstack("model")
+    gap = (mean["E"] - mean["base"]).rename("gap").reset_index()
+    gap["tasks"] = gap.seen.map({True: "seen", False: "unseen"})
+    return gap.drop(columns="seen")

@@ -180,3 +180,13 @@ def test_mossa_states_base_is_the_untouched_model(tiny_model, tmp_path, monkeypa
     curves = E.cka_curves(states, kinds=("linear",))
     assert set(curves.model) == {"E", "base"} and curves.groupby("task").seen.first().to_dict() == {
         "antonym": False, "word_polarity": True}
+
+
+def test_cka_gap_by_hand():
+    rows = [{"task": t, "seen": seen, "model": m, "estimator": "linear", "layer": layer, "cka": v}
+            for t, seen, m, layer, v in [("a", True, "E", 1, 0.9), ("a", True, "base", 1, 0.7),
+                                         ("b", True, "E", 1, 0.5), ("b", True, "base", 1, 0.9),
+                                         ("c", False, "E", 1, 0.8), ("c", False, "base", 1, 0.6),
+                                         ("a", True, "E", 0, float("nan")), ("a", True, "base", 0, float("nan"))]]
+    gap = E.cka_gap(pd.DataFrame(rows)).set_index("tasks").gap
+    assert gap["seen"] == pytest.approx((0.9 + 0.5) / 2 - (0.7 + 0.9) / 2) and gap["unseen"] == pytest.approx(0.2)
