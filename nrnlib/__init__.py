@@ -1,40 +1,36 @@
 """nrnlib: task-specific neurons and layer-by-layer CKA on TransformerLens 4.
 
-The main entry points are importable from the package (loaded on first use, so ``import nrnlib``
-stays cheap)::
+The main entry points are importable from the package::
 
     from nrnlib import load_model, get_task, Task, attribute, select_neurons, deactivate, finetune, evaluate
+
+(``nrnlib.evaluate`` and ``nrnlib.finetune`` are these functions; their modules are
+``sys.modules["nrnlib.evaluate"]`` / ``"nrnlib.finetune"``, reachable with ``from nrnlib.evaluate import ...``.)
 """
 
-from __future__ import annotations
+from nrnlib.ablation import deactivate
+from nrnlib.attribution import attribute, select_neurons, select_specific_neurons
+from nrnlib.evaluate import evaluate
+from nrnlib.finetune import finetune
+from nrnlib.models import load_model
+from nrnlib.neurons import NeuronSet
+from nrnlib.profiles import get_profile
+from nrnlib.representations import last_token_states, linear_cka
+from nrnlib.tasks import Task, get_task, list_tasks
 
-import importlib
-
-_EXPORTS = {
-    "load_model": "nrnlib.models",
-    "get_task": "nrnlib.tasks",
-    "list_tasks": "nrnlib.tasks",
-    "Task": "nrnlib.tasks",
-    "attribute": "nrnlib.attribution",
-    "select_neurons": "nrnlib.attribution",
-    "select_specific_neurons": "nrnlib.attribution",
-    "NeuronSet": "nrnlib.neurons",
-    "deactivate": "nrnlib.ablation",
-    "finetune": "nrnlib.finetune",
-    "evaluate": "nrnlib.evaluate",
-    "linear_cka": "nrnlib.representations",
-    "last_token_states": "nrnlib.representations",
-    "get_profile": "nrnlib.profiles",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'nrnlib' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__ = [
+    "NeuronSet",
+    "Task",
+    "attribute",
+    "deactivate",
+    "evaluate",
+    "finetune",
+    "get_profile",
+    "get_task",
+    "last_token_states",
+    "linear_cka",
+    "list_tasks",
+    "load_model",
+    "select_neurons",
+    "select_specific_neurons",
+]
