@@ -43,9 +43,9 @@ class Profile:
 
 
 # Minutes per notebook on this project's 2-core CPU machine, uncached: smoke and standard 00/01 measured;
-# standard 02/03/07 estimated from their measured per-condition / per-step times.
+# standard 02 and 03 estimated from their measured per-condition / per-step times; 07 measured.
 _SMOKE_MINUTES = {"00": 1.5, "01": 1.2, "02": 2.3, "03": 1.5, "07": 1.5}
-_STANDARD_MINUTES = {"00": 48, "01": 19, "02": 120, "03": 90, "07": 80}
+_STANDARD_MINUTES = {"00": 48, "01": 19, "02": 120, "03": 90, "07": 60}
 
 PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
