@@ -17,8 +17,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -31,8 +29,9 @@ from tqdm.auto import tqdm
 
 from nrnlib import encoding, losses
 from nrnlib.encoding import EncodedBatch
-from nrnlib.models import cache_dir, model_fingerprint, unique_parameters
+from nrnlib.models import cache_dir, eval_mode, model_fingerprint, unique_parameters
 from nrnlib.neurons import NeuronSet
+from nrnlib.results import save_safetensors_atomic
 
 AGGREGATIONS = ("signed_sum", "abs_sum", "answer_positions")
 SCOPES = ("global", "layer")
@@ -82,20 +81,6 @@ def frozen_parameters(model) -> Iterator[None]:
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def _eval_mode(model) -> Iterator[None]:
-    """Eval mode (no dropout) inside the block. Toggling is skipped when the model is already in
-    eval mode: the bridge's ``train()`` walks every module (about 0.25 s on SmolLM2, 2 CPU cores)."""
-    if not model.training:
-        yield
-        return
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(True)
 
 
 def _embed_requires_grad(x: Tensor, hook=None) -> Tensor:
@@ -174,17 +159,7 @@ def _load_cached(path: Path, key: dict) -> Tensor | None:
 
 
 def _save_cached(path: Path, key: dict, scores: Tensor) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"scores": scores.contiguous()}, tmp, metadata={"key": json.dumps(key, sort_keys=True)})
-        os.replace(tmp, path)  # atomic: an interrupted run leaves no half-written entry
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_safetensors_atomic(path, {"scores": scores}, {"key": json.dumps(key, sort_keys=True)})
 
 
 def _cached(cache: bool, make_key: Callable[[], dict], compute: Callable[[], Tensor]) -> Tensor:
@@ -255,7 +230,7 @@ def _attribute_uncached(
 
     fwd_hooks = [("hook_embed", _embed_requires_grad)] + [(hook_post_name(i), store(i)) for i in range(n_layers)]
     n_batches = math.ceil(len(examples) / batch_size)
-    with _eval_mode(model), frozen_parameters(model), torch.enable_grad(), model.hooks(fwd_hooks=fwd_hooks):
+    with eval_mode(model), frozen_parameters(model), torch.enable_grad(), model.hooks(fwd_hooks=fwd_hooks):
         bar = tqdm(
             encoding.batches(model, task, examples, batch_size),
             total=n_batches, desc=f"attribute {task.name}", disable=not progress, leave=False,
@@ -332,7 +307,7 @@ def _activation_uncached(model, task, examples, batch_size: int, progress: bool)
         return hook
 
     fwd_hooks = [(hook_post_name(i), accumulate(i)) for i in range(n_layers)]
-    with _eval_mode(model), torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+    with eval_mode(model), torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
         bar = tqdm(encoding.batches(model, task, examples, batch_size, with_answers=True),
                    total=math.ceil(len(examples) / batch_size), desc=f"activations {task.name}",
                    disable=not progress, leave=False)

@@ -14,10 +14,12 @@ column j of W_1 and row j of W_2, in the paper's x @ W convention).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +144,20 @@ def _boot(name: str, hf_model: nn.Module, tokenizer, device: torch.device, dtype
     bridge.cfg.model_name = name
     bridge.eval()
     return bridge
+
+
+@contextlib.contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """Eval mode (no dropout) inside the block. Toggling is skipped when the model is already in
+    eval mode: the bridge's ``train()`` walks every module (about 0.25 s on SmolLM2, 2 CPU cores)."""
+    if not model.training:
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(True)
 
 
 def unique_parameters(model) -> list[nn.Parameter]:

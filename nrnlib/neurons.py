@@ -7,9 +7,9 @@ per-layer counts, random controls with the same per-layer counts, and safetensor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +127,10 @@ class NeuronSet:
             out = out & other
         return out
 
+    def digest(self) -> str:
+        """A short hash of the mask (which neurons, not the name or metadata): a cache key."""
+        return hashlib.sha256(self.mask.numpy().tobytes()).hexdigest()[:16]
+
     def iou(self, other: NeuronSet) -> float:
         """Overlap of Paper A: ``|A ∩ B| / |A ∪ B|`` (1.0 for two empty sets)."""
         self._check_same_shape(other)
@@ -190,20 +194,10 @@ class NeuronSet:
     # ---- persistence ----
     def save(self, path: str | os.PathLike) -> Path:
         """Write the mask (``uint8``) and ``name``/``metadata`` to a safetensors file, atomically."""
-        from safetensors.torch import save_file
+        from nrnlib.results import save_safetensors_atomic  # not at import time: results pulls in plotting
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": "nrnlib.NeuronSet", "name": self.name, "metadata": json.dumps(self.metadata, sort_keys=True)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"mask": self.mask.to(torch.uint8).contiguous()}, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return save_safetensors_atomic(path, {"mask": self.mask.to(torch.uint8)}, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NeuronSet:

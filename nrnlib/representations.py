@@ -26,6 +26,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from nrnlib import encoding, losses
+from nrnlib.models import eval_mode
+
+
+class UndefinedCKAError(ValueError):
+    """CKA has no value for these inputs (a representation without variance, or RBF CKA on rows
+    that are all equal); ``layer_cka`` reports such layers as NaN."""
 
 
 def _check_pair(x: Tensor, y: Tensor, min_n: int = 2) -> tuple[Tensor, Tensor]:
@@ -52,7 +58,7 @@ def linear_cka(x: Float[Tensor, "n p"], y: Float[Tensor, "n q"], debiased: bool 
     cross = torch.linalg.matrix_norm(y.T @ x) ** 2
     norm = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
     if norm == 0:
-        raise ValueError("CKA is undefined for a constant representation (all rows equal)")
+        raise UndefinedCKAError("CKA is undefined for a constant representation (all rows equal)")
     return float(cross / norm)
 
 
@@ -77,19 +83,18 @@ def _hsic_unbiased(k: Tensor, l_: Tensor) -> Tensor:
 def _cka_from_grams(k: Tensor, l_: Tensor, hsic) -> float:
     denom = hsic(k, k) * hsic(l_, l_)
     if denom <= 0:
-        raise ValueError("CKA is undefined here (a representation has no variance under this estimator)")
+        raise UndefinedCKAError("CKA is undefined here (a representation has no variance under this estimator)")
     return float(hsic(k, l_) / torch.sqrt(denom))
 
 
 def _rbf_gram(x: Tensor, sigma_frac: float) -> Tensor:
-    sq = torch.cdist(x, x) ** 2
-    dist = sq.sqrt()
+    dist = torch.cdist(x, x)
     off = dist[~torch.eye(len(x), dtype=torch.bool)]
     median = off.median() if len(off) else torch.tensor(0.0, dtype=x.dtype)
     if median == 0:
-        raise ValueError("RBF CKA needs distinct rows (the median pairwise distance is 0)")
+        raise UndefinedCKAError("RBF CKA needs distinct rows (the median pairwise distance is 0)")
     sigma = sigma_frac * median
-    return torch.exp(-sq / (2 * sigma**2))
+    return torch.exp(-(dist**2) / (2 * sigma**2))
 
 
 def rbf_cka(x: Float[Tensor, "n p"], y: Float[Tensor, "n q"], sigma_frac: float = 0.5) -> float:
@@ -130,19 +135,13 @@ def last_token_states(
         return hook
 
     device = next(iter(model.parameters())).device
-    was_training = model.training
-    model.eval()
-    try:
-        with model.hooks(fwd_hooks=[(name, store(i)) for i, name in enumerate(names)]):
-            total = math.ceil(len(examples) / batch_size)
-            for i, batch in enumerate(tqdm(encoding.batches(model, task, examples, batch_size, with_answers=False),
-                                           total=total, desc=f"states {task.name}", disable=not progress,
-                                           leave=False)):
-                batch = batch.to(device)
-                current["start"], current["last"] = i * batch_size, batch.last_prompt_index
-                losses.final_hidden(model, batch)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), model.hooks(fwd_hooks=[(name, store(i)) for i, name in enumerate(names)]):
+        total = math.ceil(len(examples) / batch_size)
+        for i, batch in enumerate(tqdm(encoding.batches(model, task, examples, batch_size, with_answers=False),
+                                       total=total, desc=f"states {task.name}", disable=not progress, leave=False)):
+            batch = batch.to(device)
+            current["start"], current["last"] = i * batch_size, batch.last_prompt_index
+            losses.final_hidden(model, batch)
     return out
 
 
@@ -164,7 +163,5 @@ def layer_cka(
 def _or_nan(fn, a: Tensor, b: Tensor) -> float:
     try:
         return fn(a, b)
-    except ValueError as err:
-        if "undefined" in str(err) or "distinct rows" in str(err):
-            return float("nan")
-        raise
+    except UndefinedCKAError:
+        return float("nan")

@@ -14,6 +14,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +69,33 @@ def provenance(model=None, profile=None, seeds=(), wall_s: float | None = None) 
     }
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it onto ``path``: an interrupted
+    run never leaves a half-written file (the temporary file is removed on failure)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                            metadata: dict[str, str] | None = None) -> Path:
+    """``safetensors.torch.save_file`` through :func:`atomic_write`."""
+    from safetensors.torch import save_file
+
+    contiguous = {name: t.contiguous() for name, t in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_results(name: str, data: Any, model=None, profile=None, seeds=(), wall_s: float | None = None) -> Path:

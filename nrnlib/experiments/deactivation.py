@@ -11,7 +11,6 @@ generation ``answer_logprob`` and ``token_accuracy``. The sensitive metric is th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from collections.abc import Mapping, Sequence
 
@@ -30,9 +29,7 @@ TEACHER_FORCED_METRIC = {"classification": "accuracy", "generation": "token_accu
 
 
 def _mask_digest(neurons: NeuronSet | None) -> str:
-    if neurons is None:
-        return "none"
-    return hashlib.sha256(neurons.mask.numpy().tobytes()).hexdigest()[:16] + f"-{list(neurons.shape)}"
+    return "none" if neurons is None else f"{neurons.digest()}-{list(neurons.shape)}"
 
 
 def score_condition(
@@ -134,7 +131,7 @@ def claims_table(table: pd.DataFrame, factor: float = 3.0) -> pd.DataFrame:
     and whether "deactivating task neurons hurts at least ``factor``x more than random neurons" holds
     (own drop > 0 and own drop >= factor * max(mean random drop, 0)), by log-prob and by accuracy."""
     rows = []
-    act = table[table["mode"].isin(["activation"]) & table.condition.isin(["task", "random"])]
+    act = table[(table["mode"] == "activation") & table.condition.isin(["task", "random"])]
     for (name, selection), part in act.groupby(["task", "selection"], sort=False):
         own = part[part.condition == "task"].iloc[0]
         rnd = part[part.condition == "random"]

@@ -28,7 +28,7 @@ from nrnlib.finetune import finetune, restored_after
 from nrnlib.models import cache_dir, model_fingerprint
 from nrnlib.profiles import Profile
 from nrnlib.representations import last_token_states, layer_cka
-from nrnlib.results import stable_hash
+from nrnlib.results import save_safetensors_atomic, stable_hash
 from nrnlib.tasks import get_task
 
 
@@ -38,16 +38,13 @@ def _states_path(key: str) -> Path:
 
 def _cached_states(key: str, compute) -> dict[str, torch.Tensor]:
     """``compute()`` (a dict of tensors) cached as one safetensors file, written atomically."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     path = _states_path(key)
     if path.exists():
         return load_file(str(path))
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in value.items()}, str(tmp))
-    tmp.replace(path)
+    save_safetensors_atomic(path, value)
     return value
 
 

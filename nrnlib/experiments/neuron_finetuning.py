@@ -7,7 +7,6 @@ each result is cached on disk (an interrupted run resumes at the next arm).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
@@ -25,10 +24,6 @@ from nrnlib.tasks import get_task
 ARMS = ("none", "task", "random", "all")
 
 
-def _digest(neurons: NeuronSet | None) -> str:
-    return "all" if neurons is None else hashlib.sha256(neurons.mask.numpy().tobytes()).hexdigest()[:16]
-
-
 def finetune_arm(
     model, task, neurons: NeuronSet | None, profile: Profile, seed: int, lr: float, arm: str,
     fingerprint: str | None = None,
@@ -36,8 +31,9 @@ def finetune_arm(
     """Fine-tune on ``task`` (all parameters when ``neurons`` is None; nothing for arm "none"), score
     its first ``profile.n_eval_conditions`` test examples (teacher-forced), restore the model."""
     steps = 0 if arm == "none" else profile.finetune_steps
+    trained = "all" if neurons is None else neurons.digest()
     key = stable_hash("finetune-v1", fingerprint or model_fingerprint(model), task.name, task.instruction,
-                      list(task.test[: profile.n_eval_conditions]), _digest(neurons), arm, seed, lr, steps,
+                      list(task.test[: profile.n_eval_conditions]), trained, arm, seed, lr, steps,
                       profile.finetune_batch_size, profile.n_train)
 
     def compute() -> dict:

@@ -32,10 +32,10 @@ def task_suite_table() -> pd.DataFrame:
 
 def score_task(model, task, profile: Profile, shots: int, seed: int = 0) -> dict:
     """``evaluate`` one task under ``profile`` (cached): a flat dict of metrics plus bookkeeping."""
-    # classification metrics gained calibrated_accuracy in v2; generation entries stay valid
-    version = "v2" if task.category == "classification" else "v1"
+    # classification entries gained calibrated_accuracy ("v2" in their key); generation keys are unchanged
+    revision = ["v2"] if task.category == "classification" else []
     key = stable_hash(model_fingerprint(model), task.name, [ex for ex in task.test[: profile.n_eval]],
-                      shots, seed, profile.n_eval, *([version] if version != "v1" else []))
+                      shots, seed, profile.n_eval, *revision)
 
     def compute() -> dict:
         start = time.perf_counter()

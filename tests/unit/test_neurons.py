@@ -67,3 +67,9 @@ def test_check_model(tiny_model):
     NeuronSet.empty(tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp).check_model(tiny_model)
     with pytest.raises(ValueError, match="MLP neurons"):
         NeuronSet.empty(tiny_model.cfg.n_layers + 1, tiny_model.cfg.d_mlp).check_model(tiny_model)
+
+
+def test_digest_depends_on_the_mask_only():
+    a = NeuronSet.from_indices(2, 8, {0: [1, 3]}, name="a")
+    assert a.digest() == NeuronSet.from_indices(2, 8, {0: [1, 3]}, name="other name").digest()
+    assert a.digest() != NeuronSet.from_indices(2, 8, {0: [1, 4]}).digest()
