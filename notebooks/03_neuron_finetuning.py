@@ -22,12 +22,17 @@
 #
 # **Arms**, all with the same loop, data order (seeded), number of steps, batch size and learning rate:
 # - *none*: the model as it is;
-# - *task*: only the parameters of the task's top-10% neurons (notebook 01, plain selection): for
-#   neuron $j$ of layer $l$, column $j$ of the gate and up projections and row $j$ of the down
-#   projection. Masked training through parameter gradient hooks: every other entry of the model
-#   stays bit-identical (tested), also under AdamW with weight decay;
-# - *random*: the same number of neurons in every layer, drawn by seed;
+# - *task*: only the parameters of the task's top-10% neurons (notebook 01), for each of the two
+#   selections: *plain* (the paper's global top-k by relevance) and *specific* (top-k by the z-score of
+#   the task's relevance against the other tasks'). For neuron $j$ of layer $l$: column $j$ of the
+#   gate and up projections and row $j$ of the down projection. Masked training through parameter
+#   gradient hooks: every other entry of the model stays bit-identical (tested), also under AdamW
+#   with weight decay;
+# - *random*: per selection, the same number of neurons in every layer as the task's set, drawn by seed;
 # - *all*: every parameter.
+#
+# Runs go seed by seed (all tasks and arms with seed 0, then seed 1, ...), each cached on disk: an
+# interrupted run resumes where it stopped.
 #
 # Loss: mean cross-entropy over the answer tokens. Metric: the task's test split, teacher-forced:
 # accuracy and the gold label's log-probability (classification), token accuracy and the reference
@@ -58,15 +63,15 @@ started = time.perf_counter()
 model = load_model(MODEL)
 
 # %% [markdown]
-# ## Task-neuron sets (plain top-10%, from notebook 01's cached relevance scores)
+# ## Task-neuron sets (top-10%, plain and specific, from notebook 01's cached relevance scores)
 # The sets are selected among all the profile's tasks, as in notebook 01.
 
 # %%
 scores = experiments.relevance_scores(experiments.relevance_chunks(model, profile, tasks))
-sets = experiments.neuron_sets(scores, K, "plain")
-sets = {t: sets[t] for t in train_tasks}
-for t, s in sets.items():
-    print(t, s.count, "neurons")
+sets = {sel: {t: s for t, s in experiments.neuron_sets(scores, K, sel).items() if t in train_tasks}
+        for sel in ("plain", "specific")}
+for t in train_tasks:
+    print(t, {sel: sets[sel][t].count for sel in sets}, "neurons")
 
 # %% [markdown]
 # ## Table 2
@@ -74,7 +79,7 @@ for t, s in sets.items():
 # %%
 table = experiments.neuron_finetuning_table(model, sets, profile, lr=LR)
 claims = experiments.finetuning_claims(table)
-claims.round(3)
+claims.set_index(["task", "selection"]).round(3)
 
 # %%
 fig = plots.arm_bars_figure(table, ["logprob", "accuracy"], f"Test log-prob and accuracy (token accuracy for "
@@ -86,7 +91,7 @@ fig
 # Training losses: first step and the mean of the last five steps, per arm (same batches in every arm).
 
 # %%
-table.groupby(["task", "arm"], sort=False)[["trainable_entries", "first_loss", "mean_loss_last_5",
+table.groupby(["task", "label"], sort=False)[["trainable_entries", "first_loss", "mean_loss_last_5",
                                              "train_wall_s"]].mean().round(3)
 
 # %% [markdown]
@@ -94,11 +99,12 @@ table.groupby(["task", "arm"], sort=False)[["trainable_entries", "first_loss", "
 
 # %%
 checks = [{"claim": f"task-neuron fine-tuning beats random-neuron fine-tuning ({metric}, mean over seeds)",
-           "holds_on": int(claims[f"{metric}_task_beats_random"].sum()), "of": len(claims)}
-          for metric in ("logprob", "accuracy")]
+           "selection": sel, "holds_on": int(part[f"{metric}_task_beats_random"].sum()), "of": len(part),
+           "tasks_where_it_holds": part.task[part[f"{metric}_task_beats_random"]].tolist()}
+          for sel, part in claims.groupby("selection", sort=False) for metric in ("logprob", "accuracy")]
 for c in checks:
-    print(f"{c['claim']}: holds on {c['holds_on']} of {c['of']} tasks")
-assert (table.groupby(["task", "arm"]).size() == table.groupby(["task", "arm"]).seed.nunique()).all()
+    print(f"[{c['selection']}] {c['claim']}: holds on {c['holds_on']} of {c['of']} tasks {c['tasks_where_it_holds']}")
+assert (table.groupby(["task", "label"]).size() == table.groupby(["task", "label"]).seed.nunique()).all()
 save_results(f"03_neuron_finetuning_{profile.name}", {
     "k": K, "lr": LR, "steps": profile.finetune_steps, "batch_size": profile.finetune_batch_size,
     "table": table.to_dict(orient="records"), "claims_per_task": claims.to_dict(orient="records"), "checks": checks,
@@ -112,5 +118,5 @@ save_results(f"03_neuron_finetuning_{profile.name}", {
 for r in claims.itertuples():
     parts = [f"{arm} {getattr(r, 'logprob_' + arm):.2f}" for arm in ("none", "task", "random", "all")
              if hasattr(r, "logprob_" + arm)]
-    print(f"{r.task} (log-prob): " + ", ".join(parts))
+    print(f"{r.task} [{r.selection}] (log-prob): " + ", ".join(parts))
 print(f"wall time: {time.perf_counter() - started:.0f} s")

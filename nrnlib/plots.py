@@ -124,15 +124,17 @@ def drop_bars_figure(claims: pd.DataFrame, metric: str, title: str) -> go.Figure
 
 
 def arm_bars_figure(table: pd.DataFrame, metrics: Sequence[str], title: str) -> go.Figure:
-    """Per task, one bar per fine-tuning arm: mean over seeds, error bar = std; one row per metric,
-    one column per task category (each panel with its own y axis)."""
+    """Per task, one bar per fine-tuning arm (its ``label`` column where there is one, e.g. "task
+    (plain)"): mean over seeds, error bar = std; one row per metric, one column per task category
+    (each panel with its own y axis)."""
+    arm = "label" if "label" in table else "arm"
     category = table.drop_duplicates("task").set_index("task").category
     stats = pd.concat([
-        table.groupby(["task", "arm"], sort=False)[metric].agg(["mean", "std"]).reset_index().assign(metric=metric)
+        table.groupby(["task", arm], sort=False)[metric].agg(["mean", "std"]).reset_index().assign(metric=metric)
         for metric in metrics
     ]).fillna({"std": 0})
     stats["category"] = stats.task.map(category)
-    fig = px.bar(stats, x="task", y="mean", color="arm", barmode="group", error_y="std", template=TEMPLATE,
+    fig = px.bar(stats, x="task", y="mean", color=arm, barmode="group", error_y="std", template=TEMPLATE,
                  facet_col="category", facet_row="metric", title=title, labels={"mean": "", "task": ""})
     fig.update_xaxes(matches=None)
     fig.update_yaxes(matches=None, showticklabels=True)

@@ -52,40 +52,66 @@ def finetune_arm(
     return cached_json("finetune", key, compute)
 
 
+def _jobs(sets: Mapping[str, Mapping[str, NeuronSet]], arms: Sequence[str], seeds: Sequence[int]) -> list[tuple]:
+    """(seed, task, arm, selection) in seed-major order, so a partial run holds whole seeds: "none"
+    once per task (seed 0), "all" once per task and seed, "task"/"random" per selection too."""
+    tasks = list(next(iter(sets.values())))
+    jobs = []
+    for i, seed in enumerate(seeds):
+        for name in tasks:
+            for arm in arms:
+                if arm == "none" and i == 0 or arm == "all":
+                    jobs.append((seed if arm == "all" else 0, name, arm, "-"))
+                elif arm in ("task", "random"):
+                    jobs.extend((seed, name, arm, selection) for selection in sets)
+    return jobs
+
+
 def neuron_finetuning_table(
-    model, sets: Mapping[str, NeuronSet], profile: Profile, lr: float = 1e-4, arms: Sequence[str] = ARMS,
+    model, sets: Mapping[str, Mapping[str, NeuronSet]], profile: Profile, lr: float = 1e-4, arms: Sequence[str] = ARMS,
 ) -> pd.DataFrame:
-    """Table 2: for every task in ``sets`` (its task-neuron set), every arm and every seed of the profile:
-    the task's test metrics after training. Arm "random" uses ``sets[task].random_like(seed)``."""
+    """Table 2. ``sets[selection][task]`` are the task-neuron sets (e.g. "plain" and "specific"). For
+    every task, seed of the profile and arm: the task's test metrics after training. Arms "task" and
+    "random" run per selection ("random" trains ``sets[selection][task].random_like(seed)``: the same
+    count in every layer); "none" and "all" do not depend on the selection (``selection`` "-")."""
     unknown = set(arms) - set(ARMS)
     if unknown:
         raise ValueError(f"unknown arms {sorted(unknown)}; choose from {ARMS}")
+    if not sets or not all(sets.values()):
+        raise ValueError("sets must map each selection to a non-empty {task: NeuronSet}")
     fp = model_fingerprint(model)
     rows = []
-    jobs = [(name, arm, seed) for name in sets for arm in arms for seed in (profile.seeds if arm != "none" else (0,))]
-    for name, arm, seed in tqdm(jobs, desc="Table 2"):
+    for seed, name, arm, selection in tqdm(_jobs(sets, arms, profile.seeds), desc="Table 2"):
         task = get_task(name)
-        neurons = {"task": sets[name], "random": sets[name].random_like(seed)}.get(arm)
+        neurons = sets[selection][name] if arm in ("task", "random") else None
+        if arm == "random":
+            neurons = neurons.random_like(seed)
         r = finetune_arm(model, task, neurons, profile, seed, lr, arm, fp)
-        rows.append({"task": name, "category": task.category, "arm": arm, "seed": seed,
+        rows.append({"task": name, "category": task.category, "arm": arm, "selection": selection,
+                     "label": arm if selection == "-" else f"{arm} ({selection})", "seed": seed,
                      "logprob": r[LOGPROB_METRIC[task.category]], "accuracy": r[TEACHER_FORCED_METRIC[task.category]],
                      **{k: v for k, v in r.items() if k not in ("n",)}})
     return pd.DataFrame(rows)
 
 
 def finetuning_claims(table: pd.DataFrame) -> pd.DataFrame:
-    """Per task: mean ± std over seeds of every arm, and whether "task-neuron fine-tuning beats
-    random-neuron fine-tuning" holds (higher mean log-prob, and higher mean accuracy)."""
-    stats = table.groupby(["task", "arm"], sort=False)[["logprob", "accuracy"]].agg(["mean", "std"])
+    """Per task and selection: mean ± std over seeds of every arm ("none" and "all" are shared by the
+    selections), and whether "task-neuron fine-tuning beats random-neuron fine-tuning" holds (higher
+    mean log-prob; higher mean accuracy)."""
+    table = table.assign(selection=table["selection"] if "selection" in table else "plain")
+    selections = [s for s in table.selection.unique() if s != "-"]
     rows = []
     for name in table.task.unique():
-        row = {"task": name, "category": table[table.task == name].category.iloc[0]}
-        for arm in table[table.task == name].arm.unique():
+        of_task = table[table.task == name]
+        for selection in selections:
+            part = of_task[of_task.selection.isin([selection, "-"])]
+            row = {"task": name, "category": of_task.category.iloc[0], "selection": selection}
+            for arm, runs in part.groupby("arm", sort=False):
+                for metric in ("logprob", "accuracy"):
+                    row[f"{metric}_{arm}"] = runs[metric].mean()
+                    row[f"{metric}_{arm}_std"] = runs[metric].std()
             for metric in ("logprob", "accuracy"):
-                row[f"{metric}_{arm}"] = stats.loc[(name, arm), (metric, "mean")]
-                row[f"{metric}_{arm}_std"] = stats.loc[(name, arm), (metric, "std")]
-        for metric in ("logprob", "accuracy"):
-            if f"{metric}_task" in row and f"{metric}_random" in row:
-                row[f"{metric}_task_beats_random"] = bool(row[f"{metric}_task"] > row[f"{metric}_random"])
-        rows.append(row)
+                if f"{metric}_task" in row and f"{metric}_random" in row:
+                    row[f"{metric}_task_beats_random"] = bool(row[f"{metric}_task"] > row[f"{metric}_random"])
+            rows.append(row)
     return pd.DataFrame(rows)

@@ -190,3 +190,57 @@ def test_cka_gap_by_hand():
                                          ("a", True, "E", 0, float("nan")), ("a", True, "base", 0, float("nan"))]]
     gap = E.cka_gap(pd.DataFrame(rows)).set_index("tasks").gap
     assert gap["seen"] == pytest.approx((0.9 + 0.5) / 2 - (0.7 + 0.9) / 2) and gap["unseen"] == pytest.approx(0.2)
+
+
+def test_table2_jobs_run_seed_by_seed_with_shared_none_and_all_arms():
+    from nrnlib.experiments.neuron_finetuning import _jobs
+
+    one = _set([[1, 0]])
+    sets = {"plain": {"a": one, "b": one}, "specific": {"a": one, "b": one}}
+    jobs = _jobs(sets, E.neuron_finetuning.ARMS, seeds=(0, 1))
+    # none once per task; all once per task and seed; task and random per task, seed and selection
+    assert len(jobs) == 2 + 2 * 2 + 2 * 2 * 2 * 2 == len(set(jobs))
+    seeds = [j[0] for j in jobs if j[2] != "none"]
+    assert seeds == sorted(seeds), "a partial run must hold whole seeds"
+    assert {j[3] for j in jobs if j[2] in ("none", "all")} == {"-"}
+    assert sum(j[2] == "random" and j[3] == "specific" for j in jobs) == 4
+
+
+def test_finetuning_claims_per_selection_share_none_and_all():
+    rows = [{"task": "t", "category": "classification", "arm": arm, "selection": sel, "seed": s, "logprob": lp,
+             "accuracy": 0.5}
+            for arm, sel, s, lp in [("none", "-", 0, -4.0), ("all", "-", 0, -0.5), ("task", "plain", 0, -1.0),
+                                    ("random", "plain", 0, -2.0), ("task", "specific", 0, -3.0),
+                                    ("random", "specific", 0, -2.5)]]
+    claims = E.finetuning_claims(pd.DataFrame(rows)).set_index("selection")
+    assert list(claims.index) == ["plain", "specific"]
+    assert (claims.logprob_none == -4.0).all() and (claims.logprob_all == -0.5).all()
+    assert claims.loc["plain", "logprob_task_beats_random"] and not claims.loc["specific", "logprob_task_beats_random"]
+
+
+def test_neuron_finetuning_table_trains_each_selections_sets(tiny_model, parity_task, tmp_path, monkeypatch):
+    """Each row equals ``finetune_arm`` on the set its arm names: the task's set of its selection, or
+    that set's ``random_like(seed)``; "none" and "all" once per seed, not per selection."""
+    from dataclasses import replace
+
+    from nrnlib.experiments import neuron_finetuning
+    from nrnlib.profiles import get_profile
+
+    monkeypatch.setenv("NRN_CACHE", str(tmp_path))
+    monkeypatch.setattr(neuron_finetuning, "get_task", lambda name: parity_task)
+    profile = replace(get_profile("smoke"), n_eval_conditions=4, finetune_steps=1, finetune_batch_size=2, n_train=8,
+                      seeds=(0, 1))
+    L, D = tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp
+    sets = {"plain": {"parity": NeuronSet.from_indices(L, D, {0: range(6)})},
+            "specific": {"parity": NeuronSet.from_indices(L, D, {L - 1: range(3)})}}
+    table = E.neuron_finetuning_table(tiny_model, sets, profile, lr=1e-2)
+    assert len(table) == 1 + 2 + 2 * 2 * 2
+    row = table[(table.label == "random (specific)") & (table.seed == 1)].iloc[0]
+    random_set = sets["specific"]["parity"].random_like(1)
+    assert row.trainable_entries == E.finetune_arm(tiny_model, parity_task, random_set, profile, 1, 1e-2, "random")[
+        "trainable_entries"] != table[table.label == "random (plain)"].trainable_entries.iloc[0]
+    monkeypatch.setenv("NRN_CACHE", str(tmp_path / "fresh"))  # recompute, not a cache read
+    assert row.logprob == pytest.approx(
+        E.finetune_arm(tiny_model, parity_task, random_set, profile, 1, 1e-2, "random")["label_logprob"], abs=1e-6)
+    with pytest.raises(ValueError, match="unknown arms"):
+        E.neuron_finetuning_table(tiny_model, sets, profile, arms=("task", "bogus"))
