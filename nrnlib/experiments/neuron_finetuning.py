@@ -94,10 +94,19 @@ def neuron_finetuning_table(
     return pd.DataFrame(rows)
 
 
+def _paired_by_seed(part: pd.DataFrame, metric: str) -> dict:
+    """Task minus random arm, paired by seed (both arms see the same batches for a seed): the mean
+    difference and on how many of the shared seeds the task arm is higher."""
+    by_seed = part[part.arm.isin(["task", "random"])].pivot_table(index="seed", columns="arm", values=metric)
+    diff = (by_seed["task"] - by_seed["random"]).dropna()
+    return {f"{metric}_task_minus_random": float(diff.mean()), f"{metric}_task_wins_seeds": int((diff > 0).sum()),
+            "n_paired_seeds": len(diff)}
+
+
 def finetuning_claims(table: pd.DataFrame) -> pd.DataFrame:
     """Per task and selection: mean ± std over seeds of every arm ("none" and "all" are shared by the
     selections), and whether "task-neuron fine-tuning beats random-neuron fine-tuning" holds (higher
-    mean log-prob; higher mean accuracy)."""
+    mean log-prob; higher mean accuracy), with the seed-paired difference and wins (``_paired_by_seed``)."""
     table = table.assign(selection=table["selection"] if "selection" in table else "plain")
     selections = [s for s in table.selection.unique() if s != "-"]
     rows = []
@@ -113,5 +122,6 @@ def finetuning_claims(table: pd.DataFrame) -> pd.DataFrame:
             for metric in ("logprob", "accuracy"):
                 if f"{metric}_task" in row and f"{metric}_random" in row:
                     row[f"{metric}_task_beats_random"] = bool(row[f"{metric}_task"] > row[f"{metric}_random"])
+                    row.update(_paired_by_seed(part, metric))
             rows.append(row)
     return pd.DataFrame(rows)

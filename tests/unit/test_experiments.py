@@ -137,6 +137,10 @@ def test_finetuning_claims_by_hand():
     assert claims.logprob_task == pytest.approx(-1.5) and claims.logprob_random == pytest.approx(-3.0)
     assert claims.logprob_task_beats_random and not claims.accuracy_task_beats_random
     assert claims.logprob_task_std == pytest.approx(2 ** -0.5)
+    # paired by seed: logprob diffs 2.0, 1.0; accuracy diffs -0.4, 0.0 (a tie is not a win)
+    assert claims.logprob_task_minus_random == pytest.approx(1.5) and claims.logprob_task_wins_seeds == 2
+    assert claims.accuracy_task_minus_random == pytest.approx(-0.2) and claims.accuracy_task_wins_seeds == 0
+    assert claims.n_paired_seeds == 2
 
 
 def test_layer_ranges_on_synthetic_curves():
