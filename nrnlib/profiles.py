@@ -43,11 +43,10 @@ class Profile:
 
 
 # Minutes per notebook on this project's 2-core CPU machine, uncached: smoke and standard 00/01 measured;
-# standard 02 measured (516 conditions, 11.5 s each on average, 5,945 s of scoring); 03 estimated from its
-# measured arms (80-130 s per trained arm on short tasks, 210-250 s on news_topic / headline_generation,
-# masked and full-parameter alike: 96 arms, 90 of them trained 25 steps); 07 measured.
+# standard 02 measured (516 conditions, 11.5 s each on average, 5,945 s of scoring); 03 measured (96 arms,
+# 90 trained 25 steps: 12,498 s of training summed, plus scoring); 07 measured.
 _SMOKE_MINUTES = {"00": 1.5, "01": 1.2, "02": 2.3, "03": 1.7, "07": 1.5}
-_STANDARD_MINUTES = {"00": 48, "01": 19, "02": 100, "03": 230, "07": 60}
+_STANDARD_MINUTES = {"00": 48, "01": 19, "02": 100, "03": 215, "07": 60}
 
 PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
