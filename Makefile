@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nrnlib-installed
 SMOKE_FIGURES ?= $(CURDIR)/.nrn_cache/figures-smoke
+# `make test` keeps its cache inside the checkout (never the user's own results cache)
+TEST_CACHE ?= $(CURDIR)/.nrn_cache/cache
 
 .PHONY: setup system-deps reproduce test lint benchmark clean-cache
 
@@ -39,7 +41,7 @@ reproduce: setup
 	$(PY) -m nrnlib reproduce
 
 test: setup
-	NRN_PROFILE=smoke NRN_FIGURES=$(SMOKE_FIGURES) $(PY) -m pytest tests notebooks \
+	NRN_PROFILE=smoke NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) $(PY) -m pytest tests notebooks \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider -q
 
 lint: setup
@@ -48,5 +50,6 @@ lint: setup
 benchmark: setup
 	$(PY) benchmarks/attribution_speed.py
 
+# the results cache (NRN_CACHE, default ~/.cache/nrnlib; its models/ folder too) and the tests' cache
 clean-cache:
-	rm -rf .nrn_cache
+	rm -rf "$${NRN_CACHE:-$$HOME/.cache/nrnlib}" .nrn_cache

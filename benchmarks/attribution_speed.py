@@ -20,7 +20,8 @@ import time
 import torch
 
 from nrnlib.attribution import attribute
-from nrnlib.models import load_model, unique_parameters
+from nrnlib.model_state import unique_parameters
+from nrnlib.models import load_model
 from nrnlib.tasks import Task
 
 

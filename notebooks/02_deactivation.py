@@ -48,7 +48,7 @@ import time
 from nrnlib import experiments, plots
 from nrnlib.models import load_model
 from nrnlib.profiles import get_profile
-from nrnlib.results import save_results
+from nrnlib.store import save_results
 
 profile = get_profile(PROFILE)
 tasks = profile.task_names()
@@ -63,7 +63,7 @@ model = load_model(MODEL)
 
 # %%
 scores = experiments.relevance_scores(experiments.relevance_chunks(model, profile, tasks))
-sets_by_k = {k: {sel: experiments.neuron_sets(scores, k, sel) for sel in ("plain", "specific")}
+sets_by_k = {k: {sel: experiments.neuron_sets(scores, k, sel, model=model) for sel in ("plain", "specific")}
              for k in profile.k_grid}
 sets = sets_by_k[K]
 
@@ -93,13 +93,13 @@ claims.round(3)
 # %%
 fig = plots.drop_bars_figure(claims, "logprob", f"Log-prob drop with task neurons vs matched random neurons off "
                              f"(k = {K:.0%}, {profile.name})")
-plots.save_figure(fig, "02_table1_logprob", width=1200, height=500)
+plots.save_figure(fig, "02_table1_logprob", width=1200, height=500, profile=profile.name)
 fig
 
 # %%
 fig = plots.drop_bars_figure(claims, "accuracy", f"Accuracy drop with task neurons vs matched random neurons off "
                              f"(k = {K:.0%}, {profile.name})")
-plots.save_figure(fig, "02_table1_accuracy", width=1200, height=500)
+plots.save_figure(fig, "02_table1_accuracy", width=1200, height=500, profile=profile.name)
 fig
 
 # %% [markdown]
@@ -115,7 +115,7 @@ drops = {sel: m.pivot(index="whose", columns="task", values="logprob_drop").loc[
 normalized = {f"{sel}: drop / column max": d / d.abs().max() for sel, d in drops.items()}
 fig = plots.heatmaps_figure(normalized, f"Log-prob drop, rows = whose neurons are off ({profile.name})",
                             "relative drop", zmin=-1, zmax=1, colorscale="RdBu_r", zmid=0)
-plots.save_figure(fig, "02_specificity_matrix", width=1300, height=600)
+plots.save_figure(fig, "02_specificity_matrix", width=1300, height=600, profile=profile.name)
 fig
 
 # %%
@@ -133,7 +133,7 @@ curve["set"] = curve.selection + " / " + curve.condition
 fig = plots.lines_figure(curve, "k", "logprob_drop", "set", f"Log-prob drop vs fraction of neurons off "
                          f"({profile.name})", facet_col="task", facet_col_wrap=6, log_x=True,
                          labels={"logprob_drop": "log-prob drop", "k": "k"})
-plots.save_figure(fig, "02_k_curves", width=1400, height=650)
+plots.save_figure(fig, "02_k_curves", width=1400, height=650, profile=profile.name)
 fig
 
 # %% [markdown]

@@ -50,7 +50,7 @@ import time
 from nrnlib import experiments, plots
 from nrnlib.models import load_model
 from nrnlib.profiles import get_profile
-from nrnlib.results import save_results
+from nrnlib.store import save_results
 from nrnlib.tasks import get_task
 
 profile = get_profile(PROFILE)
@@ -68,7 +68,7 @@ model = load_model(MODEL)
 
 # %%
 scores = experiments.relevance_scores(experiments.relevance_chunks(model, profile, tasks))
-sets = {sel: {t: s for t, s in experiments.neuron_sets(scores, K, sel).items() if t in train_tasks}
+sets = {sel: {t: s for t, s in experiments.neuron_sets(scores, K, sel, model=model).items() if t in train_tasks}
         for sel in ("plain", "specific")}
 for t in train_tasks:
     print(t, {sel: sets[sel][t].count for sel in sets}, "neurons")
@@ -84,7 +84,7 @@ claims.set_index(["task", "selection"]).round(3)
 # %%
 fig = plots.arm_bars_figure(table, ["logprob", "accuracy"], f"Test log-prob and accuracy (token accuracy for "
                             f"generation) after fine-tuning each arm ({profile.name}; mean and std over seeds)")
-plots.save_figure(fig, "03_table2", width=1100, height=800)
+plots.save_figure(fig, "03_table2", width=1100, height=800, profile=profile.name)
 fig
 
 # %% [markdown]

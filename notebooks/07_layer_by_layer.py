@@ -53,7 +53,7 @@ import pandas as pd
 from nrnlib import experiments, plots
 from nrnlib.models import load_model
 from nrnlib.profiles import get_profile
-from nrnlib.results import save_results
+from nrnlib.store import save_results
 from nrnlib.tasks import get_task
 
 profile = get_profile(PROFILE)
@@ -80,7 +80,7 @@ linear = curves[(curves.estimator == "linear") & (curves.layer > 0)]
 fig = plots.lines_figure(linear.assign(curve=linear.model + " vs C_t"), "layer", "cka", "curve",
                          f"Linear CKA with the single-task control, per task ({profile.name})", facet_col="task",
                          facet_col_wrap=6, labels={"layer": "block", "cka": "CKA"})
-plots.save_figure(fig, "07_cka_per_task", width=1400, height=650)
+plots.save_figure(fig, "07_cka_per_task", width=1400, height=650, profile=profile.name)
 fig
 
 # %% [markdown]
@@ -108,7 +108,7 @@ neuron_depth = (depth.groupby(["selection", "layer"]).share_of_set.mean().reset_
 fig = plots.layer_by_layer_figure(mean, ranges["seen"], neuron_depth,
                                   f"Where multi-task learning happens in SmolLM2-135M ({profile.name}; "
                                   f"shaded: ranges on seen tasks, τ = {TAU})")
-plots.save_figure(fig, "07_layer_by_layer", width=1100, height=750)
+plots.save_figure(fig, "07_layer_by_layer", width=1100, height=750, profile=profile.name)
 fig
 
 # %% [markdown]

@@ -9,13 +9,14 @@ The main entry points are importable from the package::
 """
 
 from nrnlib.ablation import deactivate
-from nrnlib.attribution import attribute, select_neurons, select_specific_neurons
+from nrnlib.attribution import attribute
 from nrnlib.evaluate import evaluate
 from nrnlib.finetune import finetune
 from nrnlib.models import load_model
 from nrnlib.neurons import NeuronSet
 from nrnlib.profiles import get_profile
 from nrnlib.representations import last_token_states, linear_cka
+from nrnlib.selection import select_neurons, select_specific_neurons
 from nrnlib.tasks import Task, get_task, list_tasks
 
 __all__ = [

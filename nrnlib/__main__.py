@@ -1,6 +1,7 @@
-"""``python -m nrnlib reproduce [--profile P] [--only NN]``: execute every notebook in
+"""``python -m nrnlib reproduce [--profile P] [--only NN] [--dry-run]``: execute every notebook in
 ``notebooks/`` under a profile, writing the executed ``.ipynb`` next to its ``.py`` and the
-figures to ``figures/``."""
+figures to ``figures/``; ``--dry-run`` prints the plan (notebooks, tasks, sizes per step, expected
+minutes) and fails clearly when a size cannot be met."""
 
 from __future__ import annotations
 
@@ -24,11 +25,19 @@ def notebook_sources(only: list[str] | None = None) -> list[Path]:
     return sources
 
 
+# For committed notebooks: no progress-bar noise in the outputs, and every figure also as a PNG
+# (readable on a repository viewer, in nbconvert HTML and on paper, not only in a live Jupyter).
+QUIET_KERNEL_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                    "NRN_NOTEBOOK_PNG": "1"}
+
+
 def execute_notebook(source: Path, timeout_s: int = 6 * 3600) -> float:
-    """Run a jupytext ``.py`` top to bottom and save the paired ``.ipynb`` with its outputs."""
+    """Run a jupytext ``.py`` top to bottom and save the paired ``.ipynb`` with its outputs (the
+    kernel runs with ``QUIET_KERNEL_ENV``)."""
     import jupytext
     from nbclient import NotebookClient
 
+    os.environ.update(QUIET_KERNEL_ENV)  # inherited by the kernel process
     notebook = jupytext.read(source)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     start = time.perf_counter()
@@ -36,6 +45,34 @@ def execute_notebook(source: Path, timeout_s: int = 6 * 3600) -> float:
                    resources={"metadata": {"path": str(source.parent)}}).execute()
     jupytext.write(notebook, source.with_suffix(".ipynb"))
     return time.perf_counter() - start
+
+
+def print_plan(profile_name: str | None, only: list[str] | None) -> int:
+    """The ``--dry-run`` table: per notebook, the sizes each task gets (clipped ones marked)."""
+    from nrnlib.profiles import ProfileError, plan
+
+    profile = get_profile(profile_name)
+    prefixes = [source.name[:2] for source in notebook_sources(only)]
+    try:
+        rows = plan(profile, prefixes)
+    except ProfileError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        return 2
+    minutes = profile.expected_minutes(prefixes)
+    expected = f"{minutes:.0f} minutes on 2 CPU cores" if minutes is not None else "not timed on a CPU"
+    print(f"Profile {profile.name!r}: notebooks {' '.join(prefixes)}; seeds {list(profile.seeds)}; expected {expected}")
+    for prefix in prefixes:
+        part = [r for r in rows if r["notebook"] == prefix]
+        if not part:
+            print(f"  {prefix}: no per-task sizes")
+            continue
+        sizes = sorted({r["size"] for r in part})
+        for size in sizes:
+            of_size = [r for r in part if r["size"] == size]
+            clipped = [f"{r['task']} {r['used']}" for r in of_size if r["clipped"]]
+            print(f"  {prefix}: {size} = {of_size[0]['asked']} for {len(of_size)} tasks"
+                  + (f" (clipped to what the task has: {', '.join(clipped)})" if clipped else ""))
+    return 0
 
 
 def reproduce(profile_name: str | None, only: list[str] | None) -> None:
@@ -51,6 +88,10 @@ def reproduce(profile_name: str | None, only: list[str] | None) -> None:
         print(f"  running {source.name} ...", flush=True)
         print(f"  done {source.name} in {execute_notebook(source):.0f} s", flush=True)
     print(f"All notebooks executed in {time.perf_counter() - total:.0f} s; figures in figures/.")
+    from nrnlib import scorecard, store
+
+    if store.figures_dir().resolve() == (store.REPO_ROOT / "figures").resolve():  # not for NRN_FIGURES elsewhere
+        scorecard.main(check=False, output=None)  # REPRODUCTION.md follows the results just written
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,8 +100,18 @@ def main(argv: list[str] | None = None) -> None:
     rep = sub.add_parser("reproduce", help="execute every notebook under a profile")
     rep.add_argument("--profile", choices=["smoke", "standard", "full"], default=None)
     rep.add_argument("--only", nargs="*", help="notebook prefixes, e.g. 00 02")
+    rep.add_argument("--dry-run", action="store_true", help="print the plan and check every size; run nothing")
+    card = sub.add_parser("scorecard", help="write REPRODUCTION.md from figures/results/*.json")
+    card.add_argument("--check", action="store_true", help="write nothing; exit 1 if REPRODUCTION.md is out of date")
+    card.add_argument("--output", type=Path, default=None, help="where to write (default: REPRODUCTION.md)")
     args = parser.parse_args(argv)
+    if args.command == "scorecard":
+        from nrnlib import scorecard
+
+        return scorecard.main(check=args.check, output=args.output)
     if args.command == "reproduce":
+        if args.dry_run:
+            return print_plan(args.profile, args.only)
         reproduce(args.profile, args.only)
 
 

@@ -9,14 +9,23 @@ Two equivalent ways to silence neuron j of layer l:
   gate/up rows, biases). Exactly the zeroed entries are saved and written back, bit for bit, on exit.
 
 Both give the same logits (the neuron's contribution ω_j · W_2[j] vanishes either way).
+
+``deactivate(...)`` checks its arguments at once and returns a ``Deactivation``, a context manager
+that changes the model only while a ``with`` block runs. Calling it without ``with`` would do
+nothing, so a ``Deactivation`` that is garbage-collected without ever being entered emits a
+``DeactivationNotEnteredWarning`` pointing at the line that created it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
+import warnings
 from collections.abc import Iterator
 
 import torch
+from jaxtyping import Bool
+from torch import Tensor
 
 from nrnlib.models import NeuronGeometry
 from nrnlib.neurons import NeuronSet
@@ -24,7 +33,15 @@ from nrnlib.neurons import NeuronSet
 MODES = ("activation", "parameter")
 
 
-def _keep_hook(keep: torch.Tensor):
+class DeactivationNotEnteredWarning(UserWarning):
+    """``deactivate(...)`` was called without ``with``: the neurons were never deactivated."""
+
+
+class DeactivationError(RuntimeError):
+    """A ``Deactivation`` entered while it is already active (nested ``with`` on one object)."""
+
+
+def _keep_hook(keep: Bool[Tensor, " d_mlp"]):
     cache: dict[tuple, torch.Tensor] = {}
 
     def hook(x: torch.Tensor, hook=None) -> torch.Tensor:
@@ -65,26 +82,80 @@ def _deactivate_parameters(model, neurons: NeuronSet, include_inputs: bool) -> I
                 param.detach().index_copy_(dim, idx, original)
 
 
-@contextlib.contextmanager
+class Deactivation:
+    """What ``deactivate`` returns: use it as ``with deactivate(model, neurons): ...``.
+
+    Nothing changes until the ``with`` block is entered; on exit the model is restored exactly. The
+    object can be entered again after it exits (not while it is active). If it is garbage-collected
+    without ever being entered, it warns (``DeactivationNotEnteredWarning``): the call did nothing.
+    """
+
+    def __init__(self, model, neurons: NeuronSet, mode: str, include_inputs: bool, allow_other_model: bool,
+                 origin: tuple[str, int] | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not isinstance(neurons, NeuronSet):
+            raise TypeError(f"neurons must be a NeuronSet, got {type(neurons).__name__}")
+        if not isinstance(include_inputs, bool):
+            raise TypeError(f"include_inputs must be True or False, got {include_inputs!r}")
+        if mode == "activation" and include_inputs:
+            raise ValueError("include_inputs applies to mode='parameter' only")
+        neurons.check_model(model, allow_other_model=allow_other_model)
+        self.model, self.neurons, self.mode, self.include_inputs = model, neurons, mode, include_inputs
+        self._origin = origin
+        self._stack: contextlib.ExitStack | None = None
+        self._entered = False  # set last: a failed __init__ never warns
+
+    def __enter__(self) -> Deactivation:
+        if self._stack is not None:
+            raise DeactivationError("this deactivate(...) block is already active; create a new one to nest")
+        self._entered = True
+        stack = contextlib.ExitStack()
+        if self.mode == "activation":
+            stack.enter_context(_deactivate_activations(self.model, self.neurons))
+        else:
+            stack.enter_context(_deactivate_parameters(self.model, self.neurons, self.include_inputs))
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        stack, self._stack = self._stack, None
+        return bool(stack.__exit__(*exc)) if stack is not None else False
+
+    @property
+    def active(self) -> bool:
+        return self._stack is not None
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "inactive: use `with deactivate(...):`"
+        return f"<Deactivation of {self.neurons.count} neurons, mode={self.mode!r} ({state})>"
+
+    def __del__(self) -> None:
+        if getattr(self, "_entered", True):
+            return
+        with contextlib.suppress(Exception):  # never raise from a finalizer (e.g. at interpreter exit)
+            filename, lineno = self._origin or ("<unknown>", 0)
+            warnings.warn_explicit(
+                "deactivate(...) was called without `with`, so no neuron was deactivated. "
+                "Write `with deactivate(model, neurons): ...`.",
+                DeactivationNotEnteredWarning, filename, lineno,
+            )
+
+
 def deactivate(
-    model, neurons: NeuronSet, mode: str = "activation", include_inputs: bool = False
-) -> Iterator[None]:
-    """Within the block, ``neurons`` of ``model`` output zero (see the module docstring).
+    model, neurons: NeuronSet, mode: str = "activation", include_inputs: bool = False,
+    allow_other_model: bool = False,
+) -> Deactivation:
+    """Within the block, ``neurons`` of ``model`` output zero (see the module docstring)::
+
+        with deactivate(model, neurons, mode="activation"):
+            score = evaluate(model, task)
 
     ``mode="activation"`` (hooks on ``hook_post``, only the layers with selected neurons) or
     ``"parameter"`` (zero W_2 rows; also W_1 columns and biases when ``include_inputs``). The model
-    is restored exactly on exit, also after an exception.
+    is restored exactly on exit, also after an exception. Arguments are checked at the call; the
+    set must fit the model (shape, and the model it was found on, unless ``allow_other_model``).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not isinstance(neurons, NeuronSet):
-        raise TypeError(f"neurons must be a NeuronSet, got {type(neurons).__name__}")
-    neurons.check_model(model)
-    if mode == "activation":
-        if include_inputs:
-            raise ValueError("include_inputs applies to mode='parameter' only")
-        with _deactivate_activations(model, neurons):
-            yield
-    else:
-        with _deactivate_parameters(model, neurons, include_inputs):
-            yield
+    caller = sys._getframe(1)
+    return Deactivation(model, neurons, mode, include_inputs, allow_other_model,
+                        origin=(caller.f_code.co_filename, caller.f_lineno))

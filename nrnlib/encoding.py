@@ -9,12 +9,15 @@ logits at ``t - 1``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
+
+from nrnlib.tasks.task import TaskError
 
 
 class PromptTooLongError(ValueError):
@@ -64,7 +67,8 @@ def prompt_ids(tokenizer, task, example: dict, shots: Sequence[dict] = ()) -> li
 def label_token_ids(tokenizer, labels: Sequence[str]) -> list[int]:
     """One token id per label word, as the word appears at the start of the answer.
 
-    Raises ``ValueError`` naming every label word that is not exactly one token, with its pieces.
+    Raises :class:`~nrnlib.tasks.TaskError` (a ``ValueError``) naming every label word that is not
+    exactly one token, with its pieces.
     """
     ids, bad = [], []
     for label in labels:
@@ -74,11 +78,39 @@ def label_token_ids(tokenizer, labels: Sequence[str]) -> list[int]:
         else:
             bad.append(f"{label!r} -> {len(pieces)} tokens {tokenizer.convert_ids_to_tokens(pieces)}")
     if bad:
-        raise ValueError("label words must be exactly one token for this tokenizer, but " + "; ".join(bad)
-                         + ". Classification needs single-token label words: choose other words.")
+        raise TaskError("label words must be exactly one token for this tokenizer, but " + "; ".join(bad)
+                        + ". Classification needs single-token label words: choose other words.")
     if len(set(ids)) != len(ids):
-        raise ValueError(f"label words {list(labels)} do not map to distinct tokens")
+        raise TaskError(f"label words {list(labels)} do not map to distinct tokens; choose other words")
     return ids
+
+
+# (id(tokenizer), task name, labels) -> (a reference to the tokenizer, its label ids)
+_LABEL_IDS: dict[tuple[int, str, tuple[str, ...]], tuple[Callable[[], object], list[int]]] = {}
+
+
+def task_label_ids(tokenizer, task) -> list[int]:
+    """``label_token_ids`` of a classification task's labels (``[]`` for other tasks), raising
+    ``TaskError`` naming the task and every multi-token label word. Memoized per (tokenizer, task name,
+    labels): every encoding of a task's examples runs it, at the cost of a dict lookup after the first.
+    """
+    labels = tuple(getattr(task, "labels", ()) or ())
+    if getattr(task, "category", None) != "classification" or not labels:
+        return []
+    key = (id(tokenizer), task.name, labels)
+    hit = _LABEL_IDS.get(key)
+    if hit is not None and hit[0]() is tokenizer:  # the same tokenizer, not a new one at a reused id
+        return list(hit[1])
+    try:
+        ids = label_token_ids(tokenizer, labels)
+    except TaskError as err:
+        raise TaskError(f"task {task.name!r}: {err}") from None
+    try:
+        ref: Callable[[], object] = weakref.ref(tokenizer)
+    except TypeError:  # not weak-referenceable: keep it alive with its entry
+        ref = lambda: tokenizer  # noqa: E731
+    _LABEL_IDS[key] = (ref, ids)
+    return list(ids)
 
 
 def answer_ids(tokenizer, task, example: dict) -> list[int]:
@@ -137,6 +169,18 @@ def context_length(model) -> int:
     return int(model.cfg.n_ctx)
 
 
+def check_generation_fits(model, prompt_length: int, max_new_tokens: int, what: str = "greedy decoding") -> None:
+    """Raise ``PromptTooLongError`` naming the lengths when a prompt of ``prompt_length`` tokens plus
+    ``max_new_tokens`` generated ones exceeds the model's context."""
+    limit = context_length(model)
+    if prompt_length + max_new_tokens > limit:
+        raise PromptTooLongError(
+            f"{what} needs {prompt_length} prompt + {max_new_tokens} new tokens = {prompt_length + max_new_tokens} "
+            f"positions, more than the model's context of {limit}; lower max_new_tokens (at most "
+            f"{max(limit - prompt_length, 0)} here), shorten the input or use fewer shots."
+        )
+
+
 def pad_id(tokenizer) -> int:
     """The padding token: the tokenizer's own, else EOS, else 0 (never attended to: right padding)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -146,8 +190,10 @@ def example_ids(
     model, task, example: dict, with_answer: bool = True, shots: Sequence[dict] = ()
 ) -> tuple[list[int], list[int]]:
     """Prompt ids and answer ids (empty without ``with_answer``) of one example, checked to fit the
-    model's context; raises ``PromptTooLongError`` otherwise."""
+    model's context; raises ``PromptTooLongError`` otherwise. A classification task's label words are
+    checked to be single tokens first (``task_label_ids``, memoized)."""
     tok = model.tokenizer
+    task_label_ids(tok, task)
     prompt = prompt_ids(tok, task, example, shots)
     answer = answer_ids(tok, task, example) if with_answer else []
     limit = context_length(model)

@@ -26,21 +26,37 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from nrnlib.encoding import EncodedBatch, batches, encode_examples, end_of_answer_id, label_token_ids, pad_id
+from nrnlib.checks import check_int
+from nrnlib.encoding import (
+    EncodedBatch,
+    batches,
+    check_generation_fits,
+    encode_examples,
+    end_of_answer_id,
+    label_token_ids,
+    pad_id,
+)
 from nrnlib.losses import answer_token_logits, last_prompt_logits
+from nrnlib.tasks import as_task
 
 PRIMARY_METRIC = {"classification": "accuracy", "generation": "rougeL"}
 
 
 @dataclass
 class TaskScore:
-    """Metrics of one model on one task, with per-example outputs."""
+    """Metrics of one model on one task, with per-example outputs.
+
+    ``per_example``: the values each metric averages, one per scored example (in order), for
+    bootstrap CIs: ``correct`` and ``calibrated_correct`` (0/1) and ``label_logprob`` for
+    classification; ``answer_logprob``, and with decoding ``exact_match`` (0/1) and ``rougeL``, for
+    generation."""
 
     task: str
     category: str
     n: int
     metrics: dict[str, float]
     predictions: list[str] = field(default_factory=list, repr=False)
+    per_example: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     @property
     def primary(self) -> float:
@@ -50,9 +66,7 @@ class TaskScore:
 def select_examples(task, split: str = "test", n: int | None = None) -> Sequence[dict]:
     """The first ``n`` examples of a split (all when ``n`` is None)."""
     examples = task.split(split)
-    if n is not None:
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+    if check_int(n, "n", minimum=1, none_ok=True) is not None:
         examples = examples[:n]
     if len(examples) == 0:
         raise ValueError(f"Task {task.name!r} has no {split} examples")
@@ -61,7 +75,7 @@ def select_examples(task, split: str = "test", n: int | None = None) -> Sequence
 
 def few_shot_examples(task, shots: int, seed: int = 0) -> list[dict]:
     """``shots`` demonstrations from the train split, chosen by seed (never from the test split)."""
-    if shots == 0:
+    if check_int(shots, "shots", minimum=0) == 0:
         return []
     pool = list(task.split("train"))
     if shots > len(pool):
@@ -98,9 +112,11 @@ def greedy_decode(
 ) -> list[str]:
     """Greedy continuations of the prompts (left-padded for ``generate``), cut at end-of-turn."""
     tok = model.tokenizer
+    new_tokens = check_int(max_new_tokens or getattr(task, "max_new_tokens", 16), "max_new_tokens", minimum=1)
     batch = encode_examples(model, task, examples, with_answers=False, shots=shots)
     lengths = batch.prompt_lengths
     width = int(lengths.max())
+    check_generation_fits(model, width, new_tokens, f"greedy decoding of task {task.name!r}")
     pad = pad_id(tok)
     ids = torch.full((len(batch), width), pad, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -110,7 +126,7 @@ def greedy_decode(
     device = model.cfg.device
     out = model.original_model.generate(
         input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-        max_new_tokens=max_new_tokens or getattr(task, "max_new_tokens", 16),
+        max_new_tokens=new_tokens,
         pad_token_id=pad, eos_token_id=end_of_answer_id(tok),
     )
     return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out.cpu()]
@@ -157,6 +173,10 @@ def evaluate(
     ``shots`` demonstrations from the train split are prepended as earlier chat turns.
     ``decode=False`` skips greedy decoding for generation tasks (teacher-forced metrics only).
     """
+    task = as_task(task)
+    n = check_int(n, "n", minimum=1, where="evaluate", none_ok=True)
+    batch_size = check_int(batch_size, "batch_size", minimum=1, where="evaluate")
+    shots = check_int(shots, "shots", minimum=0, where="evaluate")
     examples = select_examples(task, split, n)
     demos = few_shot_examples(task, shots, seed)
     desc = f"eval {task.name}"
@@ -178,10 +198,14 @@ def _evaluate_classification(model, task, examples, demos, batch_size, progress,
     pred = torch.cat(preds)
     label_lp = torch.cat(label_lps)
     calibrated = (label_lp - label_lp.mean(0, keepdim=True)).argmax(-1)
+    per_example = {"correct": (pred == gold).float().tolist(),
+                   "calibrated_correct": (calibrated == gold).float().tolist(),
+                   "label_logprob": label_lp.gather(-1, gold[:, None]).squeeze(-1).tolist()}
     metrics = {"accuracy": float((pred == gold).float().mean()),
                "calibrated_accuracy": float((calibrated == gold).float().mean()),
                "label_logprob": float(label_lp.gather(-1, gold[:, None]).mean())}
-    return TaskScore(task.name, task.category, len(examples), metrics, [task.labels[i] for i in pred.tolist()])
+    return TaskScore(task.name, task.category, len(examples), metrics, [task.labels[i] for i in pred.tolist()],
+                     per_example)
 
 
 def _evaluate_generation(model, task, examples, demos, batch_size, decode, progress, desc) -> TaskScore:
@@ -200,11 +224,15 @@ def _evaluate_generation(model, task, examples, demos, batch_size, decode, progr
         "answer_logprob": float(torch.cat(lps).mean()),
         "token_accuracy": float(torch.cat(n_ok).sum() / n_tok_all.sum()),
     }
+    per_example = {"answer_logprob": torch.cat(lps).tolist()}
     if decode:
         refs = [task.target(ex) for ex in examples]
         metrics["exact_match"] = exact_match(texts, refs)
-        metrics["rougeL"] = sum(rouge_l(texts, refs)) / len(refs)
-    return TaskScore(task.name, task.category, len(examples), metrics, texts)
+        per_example["exact_match"] = [float(normalize_answer(t) == normalize_answer(r))
+                                      for t, r in zip(texts, refs, strict=True)]
+        per_example["rougeL"] = rouge_l(texts, refs)
+        metrics["rougeL"] = sum(per_example["rougeL"]) / len(refs)
+    return TaskScore(task.name, task.category, len(examples), metrics, texts, per_example)
 
 
 def chance_level(task, n: int | None = None, split: str = "test") -> float:

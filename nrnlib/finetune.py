@@ -9,16 +9,32 @@ Masked training keeps every other entry of the model bit-identical (see ``finetu
 from __future__ import annotations
 
 import contextlib
+import math
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from nrnlib import encoding, losses
-from nrnlib.models import NeuronGeometry, unique_parameters
+from nrnlib.checks import check_float, check_int
+from nrnlib.model_state import unique_parameters
+from nrnlib.models import NeuronGeometry
 from nrnlib.neurons import NeuronSet
+from nrnlib.tasks import as_task
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """A training loss that is NaN or infinite: ``finetune`` stops before training on it (also a
+    ``ValueError``: the usual cause is a learning rate too large for the model or its dtype)."""
+
+
+class WeightDecayPrecisionWarning(UserWarning):
+    """The per-step weight decay is too small to change weights stored in bf16/fp16."""
 
 
 @dataclass
@@ -31,41 +47,73 @@ class TrainLog:
     wall_s: float = 0.0
 
     @property
-    def first_loss(self) -> float:
-        return self.losses[0]
+    def first_loss(self) -> float | None:
+        """Loss of the first step; None when no step ran (``steps=0``)."""
+        return self.losses[0] if self.losses else None
 
     @property
-    def last_loss(self) -> float:
-        return self.losses[-1]
+    def last_loss(self) -> float | None:
+        """Loss of the last step; None when no step ran (``steps=0``)."""
+        return self.losses[-1] if self.losses else None
 
 
-def parameter_masks(model, neurons: NeuronSet) -> dict[torch.nn.Parameter, torch.Tensor]:
-    """For every parameter tensor holding a selected neuron: a 0/1 mask broadcastable to it
-    (size d_mlp along the neuron dimension, 1 elsewhere), 1 on the selected neurons' slices."""
+def parameter_masks(
+    model, neurons: NeuronSet, allow_other_model: bool = False
+) -> dict[torch.nn.Parameter, Bool[Tensor, "..."]]:
+    """For every parameter tensor holding a selected neuron: a bool mask broadcastable to it
+    (size d_mlp along the neuron dimension, 1 elsewhere), True on the selected neurons' slices."""
     if not isinstance(neurons, NeuronSet):
         raise TypeError(f"neurons must be a NeuronSet, got {type(neurons).__name__}")
-    neurons.check_model(model)
+    neurons.check_model(model, allow_other_model=allow_other_model)
     geometry = NeuronGeometry.of(model)
-    masks: dict[torch.nn.Parameter, torch.Tensor] = {}
+    masks: dict[torch.nn.Parameter, Tensor] = {}
     for layer in neurons.layers():
         for s in geometry.slices(model, layer):
             shape = [1] * s.param.ndim
             shape[s.dim] = s.param.shape[s.dim]
-            mask = neurons.mask[layer].to(device=s.param.device, dtype=s.param.dtype).reshape(shape)
+            mask = neurons.mask[layer].to(device=s.param.device).reshape(shape)
             if s.param in masks:  # the same tensor listed twice: union of the masks
-                mask = torch.maximum(masks[s.param], mask)
+                mask = masks[s.param] | mask
             masks[s.param] = mask
     return masks
 
 
-def trainable_entries(model, neurons: NeuronSet | None = None) -> int:
+def _count_entries(masks: dict[torch.nn.Parameter, Bool[Tensor, "..."]]) -> int:
+    """Entries selected by the masks, in integer arithmetic (never a float or bf16 sum)."""
+    return sum(int(m.count_nonzero()) * (p.numel() // m.numel()) for p, m in masks.items())
+
+
+def trainable_entries(model, neurons: NeuronSet | None = None, allow_other_model: bool = False) -> int:
     """Number of parameter entries ``finetune`` trains: all of them, or the neurons' slices."""
     if neurons is None:
         return sum(p.numel() for p in unique_parameters(model))
-    total = 0
-    for param, mask in parameter_masks(model, neurons).items():
-        total += int(mask.sum()) * (param.numel() // mask.numel())
-    return total
+    return _count_entries(parameter_masks(model, neurons, allow_other_model))
+
+
+def _mask_grad(mask: Bool[Tensor, "..."]):
+    """Gradient hook: keep the gradient on trained entries, exactly 0 elsewhere (``where``, not a
+    product, so a NaN or inf gradient of a frozen entry cannot leak into it: ``inf * 0`` is NaN)."""
+    return lambda grad: torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+
+
+@torch.no_grad()
+def _decay_(param: Float[Tensor, "..."], mask: Bool[Tensor, "..."] | None, rate: float) -> None:
+    """Decoupled weight decay ``p ← p − rate · p`` on the masked entries only, computed in fp32 and
+    rounded once, so frozen entries are bit-identical and bf16/fp16 entries are not rounded to 1·p
+    by a factor ``1 − rate`` formed in their own precision."""
+    decayed = (param.float() - rate * param.float()).to(param.dtype)
+    param.copy_(decayed if mask is None else torch.where(mask, decayed, param))
+
+
+def _warn_if_decay_below_precision(params: list[Tensor], rate: float) -> None:
+    for dtype in sorted({p.dtype for p in params if p.is_floating_point()}, key=str):
+        if torch.finfo(dtype).eps > 2 * rate and dtype in (torch.bfloat16, torch.float16):
+            warnings.warn(
+                f"weight decay lr*weight_decay={rate:.3g} per step is below the resolution of {dtype} weights "
+                f"(relative spacing {torch.finfo(dtype).eps:.3g}): rounding cancels most or all of it. Load the "
+                "model in float32 (load_model(..., dtype='float32')) or raise lr*weight_decay for it to act.",
+                WeightDecayPrecisionWarning, stacklevel=3,
+            )
 
 
 @contextlib.contextmanager
@@ -85,7 +133,7 @@ def _training_setup(model, masks: dict | None) -> Iterator[list[torch.nn.Paramet
             for p in params:
                 p.requires_grad_(id(p) in ids)
             for p in trainable:
-                handles.append(p.register_hook(lambda g, m=masks[p]: g * m))
+                handles.append(p.register_hook(_mask_grad(masks[p])))
         yield trainable
     finally:
         for h in handles:
@@ -96,6 +144,7 @@ def _training_setup(model, masks: dict | None) -> Iterator[list[torch.nn.Paramet
 
 
 def _training_items(tasks, n_train: int | None) -> list[tuple[object, dict]]:
+    """(task, example) pairs of the tasks' train splits, the first ``n_train`` (>= 1) of each."""
     items = []
     for task in tasks:
         train = list(task.split("train"))
@@ -135,32 +184,43 @@ def finetune(
     seed: int = 0,
     n_train: int | None = None,
     progress: bool = True,
+    allow_other_model: bool = False,
 ) -> TrainLog:
     """Train ``model`` in place on the answer loss of ``tasks``' training examples.
 
     ``neurons=None`` trains every parameter; a ``NeuronSet`` trains only the input and output
     slices of its neurons. Masked training: only tensors holding selected neurons get
-    ``requires_grad``, and a gradient hook multiplies their gradient by the 0/1 neuron mask, so
-    frozen entries have zero gradient from step 1, hence zero AdamW moments and zero updates.
-    AdamW runs with ``weight_decay=0`` and the decoupled decay is applied by hand to trained
-    entries only (``p ← p · (1 − lr · wd · mask)`` before each step, as AdamW does), so every
-    frozen entry stays bit-identical. Hooks and ``requires_grad`` flags are restored afterwards.
+    ``requires_grad``, and a gradient hook sets their gradient to exactly 0 outside the neuron mask
+    (``torch.where``, so even a NaN gradient cannot reach a frozen entry): frozen entries have zero
+    gradient from step 1, hence zero AdamW moments and zero updates. AdamW runs with
+    ``weight_decay=0`` and the decoupled decay is applied by hand to trained entries only
+    (``p ← p − lr · wd · p`` before each step, as AdamW does, computed in fp32 and selected with
+    ``torch.where``), so every frozen entry stays bit-identical, in bf16 too. In bf16/fp16 a decay
+    ``lr · wd`` below the weights' resolution is mostly rounded away: ``finetune`` then warns
+    (``WeightDecayPrecisionWarning``). Hooks and ``requires_grad`` flags are restored afterwards.
+
+    ``tasks``: a task, a task name, or a list of them. The set must have been found on this model
+    (``NeuronSet.check_model``) unless ``allow_other_model=True``. Bad arguments (a float
+    ``batch_size``, ``n_train < 1``, a non-finite ``lr`` or ``weight_decay``) raise nrnlib errors
+    (``ValueError``/``TypeError`` subclasses) before anything is trained. A NaN or infinite loss
+    stops training with ``NonFiniteLossError`` naming the step, before that step's update (the
+    model keeps the updates of the steps before it).
 
     Data: the union of the tasks' train splits (the first ``n_train`` of each, if given), shuffled
     by ``seed`` (a ``torch.Generator``, reshuffled each epoch) and cycled; the same seed gives the
     same batches whichever parameters are trained. Loss: ``losses.answer_loss`` (mean token
     cross-entropy over the batch's answer tokens). ``model.train()`` during, ``model.eval()`` after.
     """
-    tasks = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
+    tasks = [as_task(t) for t in tasks] if isinstance(tasks, (list, tuple)) else [as_task(tasks)]
     if not tasks:
         raise ValueError("finetune needs at least one task")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if lr <= 0 or weight_decay < 0:
-        raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
-    masks = parameter_masks(model, neurons) if neurons is not None else None
+    steps = check_int(steps, "steps", minimum=0, where="finetune")
+    batch_size = check_int(batch_size, "batch_size", minimum=1, where="finetune")
+    n_train = check_int(n_train, "n_train", minimum=1, where="finetune", none_ok=True)
+    seed = check_int(seed, "seed", where="finetune")
+    lr = check_float(lr, "lr", positive=True, where="finetune")
+    weight_decay = check_float(weight_decay, "weight_decay", minimum=0.0, where="finetune")
+    masks = parameter_masks(model, neurons, allow_other_model) if neurons is not None else None
     if masks is not None and not masks:
         raise ValueError("the NeuronSet is empty: nothing to train")
 
@@ -169,28 +229,36 @@ def finetune(
     device = next(iter(model.parameters())).device
     order = _order(len(encoded), seed)
 
-    log = TrainLog(n_trainable_entries=trainable_entries(model, neurons))
+    log = TrainLog(n_trainable_entries=trainable_entries(model) if masks is None else _count_entries(masks))
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # dropout, where a model has it
         with _training_setup(model, masks) as trainable:
             optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
             decay = [(p, masks[p] if masks is not None else None) for p in trainable] if weight_decay else []
+            if decay and steps:
+                _warn_if_decay_below_precision([p for p, _ in decay], lr * weight_decay)
             model.train()
             try:
                 bar = tqdm(range(steps), desc="finetune", disable=not progress, leave=False)
                 running = float("nan")
-                for _ in bar:
+                for step in bar:
                     chosen = [encoded[next(order)] for _ in range(batch_size)]
                     batch = encoding.pad_batch([c[0] for c in chosen], [c[1] for c in chosen], pad).to(device)
                     loss = losses.answer_loss(model, batch)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    with torch.no_grad():
-                        for p, m in decay:  # decoupled weight decay, trained entries only
-                            p.mul_(1 - lr * weight_decay * m) if m is not None else p.mul_(1 - lr * weight_decay)
+                    value = float(loss.detach())  # one host sync per step, after the backward is queued
+                    if not math.isfinite(value):  # before any update: nothing is trained on it
+                        raise NonFiniteLossError(
+                            f"finetune: the loss at step {step + 1} of {steps} is {value}; stopped before training "
+                            f"on it (the {step} step(s) before it were applied). Lower lr (now {lr:g}), or check "
+                            "the model's weights and dtype (fp16 overflows easily)."
+                        )
+                    for p, m in decay:  # decoupled weight decay, trained entries only
+                        _decay_(p, m, lr * weight_decay)
                     optimizer.step()
-                    log.losses.append(float(loss.detach()))
+                    log.losses.append(value)
                     log.steps += 1
                     running = 0.9 * running + 0.1 * log.losses[-1] if log.steps > 1 else log.losses[-1]
                     bar.set_postfix(loss=f"{running:.4f}")  # exponential running mean
@@ -199,20 +267,3 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
     log.wall_s = time.perf_counter() - start
     return log
-
-
-@contextlib.contextmanager
-def restored_after(model) -> Iterator[None]:
-    """Within the block the model may be trained or edited; on exit (also after an exception) every
-    parameter is copied back from a snapshot taken on entry, bit-exactly, and ``eval()`` is set.
-    Lets one loaded model serve every arm of a comparison."""
-    params = unique_parameters(model)
-    with torch.no_grad():
-        snapshot = [p.detach().clone() for p in params]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, saved in zip(params, snapshot, strict=True):
-                p.copy_(saved)
-        model.eval()

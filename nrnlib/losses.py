@@ -53,3 +53,18 @@ def answer_loss(model, batch: EncodedBatch) -> Float[Tensor, ""]:
     if batch.n_answer_tokens == 0:
         raise ValueError("The batch has no answer tokens: encode it with with_answers=True")
     return -answer_token_logprobs(model, batch).mean()
+
+
+def per_example_loss(model, batch: EncodedBatch) -> Float[Tensor, " batch"]:
+    """Mean cross-entropy over each example's answer tokens: ``L_b = -mean_t log p(y_bt | y_b<t, x_b)``.
+
+    Attribution differentiates ``Σ_b L_b``, so an example's gradient never depends on the other
+    examples of its batch (each example weighs the same, whatever its answer length).
+    """
+    n_answer = batch.target_mask.sum(dim=1)
+    if bool((n_answer == 0).any()):
+        raise ValueError("Every example needs at least one answer token: encode with with_answers=True")
+    logp = answer_token_logprobs(model, batch)  # in target_mask.nonzero() order
+    rows = batch.target_mask.nonzero(as_tuple=True)[0]
+    nll = torch.zeros(len(batch), dtype=logp.dtype, device=logp.device).index_add(0, rows, -logp)
+    return nll / n_answer.to(nll.device, nll.dtype)

@@ -14,17 +14,19 @@ column j of W_1 and row j of W_2, in the paper's x @ W convention).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from nrnlib.checks import check_int
+from nrnlib.store import cache_dir, file_lock
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODELS = ("tiny-random-llama", "tiny-random-gpt2")
@@ -36,17 +38,75 @@ class ModelNotAvailableError(RuntimeError):
     """A model name that cannot be loaded here (not cached, no network, or not installed)."""
 
 
-def cache_dir() -> Path:
-    """Root of nrnlib's on-disk cache: ``$NRN_CACHE`` or ``~/.cache/nrnlib``."""
-    root = Path(os.environ.get("NRN_CACHE", Path.home() / ".cache" / "nrnlib"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+class DeviceNotAvailableError(ValueError):
+    """A device this machine does not have (e.g. ``"cuda"`` without a GPU), or no device at all."""
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def available_devices() -> list[str]:
+    """The devices models can be loaded on here: ``cpu``, ``cuda:0``..., ``mps``."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def resolve_device(device: str | torch.device | None, source: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` this machine has (None: ``default_device()``); otherwise a
+    ``DeviceNotAvailableError`` naming the devices that are available."""
+    if device is None:
+        return default_device()
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{source} must be a device name such as 'cpu' or 'cuda', got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DeviceNotAvailableError(
+            f"{source}={device!r} is not a device name; available here: {', '.join(available_devices())}"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            why = "no CUDA GPU is available" if count == 0 else f"only {count} CUDA device(s) exist"
+            raise DeviceNotAvailableError(
+                f"{source}={str(device)!r} is not available: {why} (torch {torch.__version__}). Available devices: "
+                f"{', '.join(available_devices())}. Pass one of them, or leave it unset for the default."
+            )
+    if dev.type == "mps" and "mps" not in available_devices():
+        raise DeviceNotAvailableError(
+            f"{source}={str(device)!r} is not available (no Apple MPS backend). Available devices: "
+            f"{', '.join(available_devices())}."
+        )
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, source: str = "dtype") -> torch.dtype | None:
+    """``dtype`` as a torch floating dtype: a name (``"float32"``, ``"bfloat16"``, ``"float16"``,
+    also ``"torch.float32"``) or a torch dtype (float32, bfloat16, float16, float64); None stays None."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        if dtype in (*DTYPES.values(), torch.float64):
+            return dtype
+        raise ValueError(f"{source}={dtype} cannot hold model weights: use float32, bfloat16 or float16")
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key in DTYPES:
+            return DTYPES[key]
+        raise ValueError(f"{source}={dtype!r} is not a dtype nrnlib loads models in: use float32, bfloat16 or float16")
+    raise TypeError(f"{source} must be a torch dtype or a name (float32, bfloat16 or float16), got {dtype!r} "
+                    f"({type(dtype).__name__})")
 
 
 def default_device() -> torch.device:
-    """``$NRN_DEVICE`` if set, else CUDA when available, else CPU."""
+    """``$NRN_DEVICE`` if set (checked to exist here), else CUDA when available, else CPU."""
     if os.environ.get("NRN_DEVICE"):
-        return torch.device(os.environ["NRN_DEVICE"])
+        return resolve_device(os.environ["NRN_DEVICE"], source="NRN_DEVICE")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -54,10 +114,7 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     """``$NRN_DTYPE`` (float32/bfloat16/float16) if set, else bf16 on CUDA and fp32 on CPU."""
     name = os.environ.get("NRN_DTYPE")
     if name:
-        try:
-            return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-        except KeyError:
-            raise ValueError(f"NRN_DTYPE={name!r}: use float32, bfloat16 or float16") from None
+        return resolve_dtype(name, source="NRN_DTYPE")  # type: ignore[return-value]
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
@@ -85,25 +142,49 @@ def _file_digest(path: Path, n_bytes: int = 1 << 20) -> str:
 
 
 def _smollm2_dir() -> Path:
-    """Dequantize the GGUF once into a cached Hugging Face folder (config, safetensors, tokenizer)."""
+    """Dequantize the GGUF once into a cached Hugging Face folder (config, safetensors, tokenizer).
+
+    Safe when several processes load the model for the first time at once: one holds a lock and
+    writes into a temporary folder inside ``models/`` (same filesystem, so the final rename is
+    atomic), the others wait and then find the folder; the temporary folder is removed on any
+    failure, and an existing complete target is success.
+    """
+    gguf = gguf_path()
+    models = cache_dir() / "models"
+    target = models / f"smollm2-135m-instruct-{_file_digest(gguf)}"
+    if _complete(target):
+        return target
+    with file_lock(models / f".{target.name}.lock"):
+        if _complete(target):  # another process finished it while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(dir=models, prefix=f".{target.name}-"))
+        try:
+            _dequantize(gguf, tmp)
+            if target.exists():  # an incomplete leftover of a killed run
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").exists() and (folder / "tokenizer_config.json").exists() and any(
+        folder.glob("*.safetensors"))
+
+
+def _dequantize(gguf: Path, out: Path) -> None:
+    """The GGUF as a plain fp32 Hugging Face folder (model + tokenizer) in ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = gguf_path()
-    target = cache_dir() / "models" / f"smollm2-135m-instruct-{_file_digest(gguf)}"
-    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
-        return target
     kw = dict(gguf_file=gguf.name, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
     hf = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
     if hasattr(hf.config, "quantization_config"):  # dequantized already: save as plain fp32
         del hf.config.quantization_config
     hf.hf_quantizer = None
-    tmp = Path(tempfile.mkdtemp(dir=target.parent.parent if target.parent.exists() else None))
-    hf.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)  # atomic: an interrupted first load leaves no half-written cache
-    return target
+    hf.save_pretrained(out)
+    tok.save_pretrained(out)
 
 
 def load_tokenizer(name: str = DEFAULT_MODEL):
@@ -146,53 +227,6 @@ def _boot(name: str, hf_model: nn.Module, tokenizer, device: torch.device, dtype
     return bridge
 
 
-@contextlib.contextmanager
-def eval_mode(model) -> Iterator[None]:
-    """Eval mode (no dropout) inside the block. Toggling is skipped when the model is already in
-    eval mode: the bridge's ``train()`` walks every module (about 0.25 s on SmolLM2, 2 CPU cores)."""
-    if not model.training:
-        yield
-        return
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(True)
-
-
-def unique_parameters(model) -> list[nn.Parameter]:
-    """Parameters without repeats (tied embeddings appear once)."""
-    seen, params = set(), []
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            params.append(p)
-    return params
-
-
-def model_fingerprint(model) -> str:
-    """Identity of a model's architecture and current weights (a cache key).
-
-    The Hugging Face config (minus volatile fields) plus the sum and L2 norm of every parameter
-    tensor: any fine-tuning step, even of a few neurons, changes it, so a fine-tuned model never
-    reuses a cache entry of its base model. One read of the weights, reduced on their device.
-    """
-    import hashlib
-    import json
-
-    config = dict(model.original_model.config.to_dict())
-    for volatile in ("_name_or_path", "transformers_version", "name_or_path"):
-        config.pop(volatile, None)
-    with torch.no_grad():
-        params = unique_parameters(model)
-        stats = [p.sum(dtype=torch.float32) for p in params] + [
-            torch.linalg.vector_norm(p, dtype=torch.float32) for p in params
-        ]
-        weights = torch.stack([x.to(params[0].device) for x in stats]).double().cpu().tolist()
-    blob = json.dumps([model.cfg.model_name, config, str(params[0].dtype), weights], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
 def _not_available(name: str, err: Exception) -> ModelNotAvailableError:
     return ModelNotAvailableError(
         f"Cannot load model {name!r}: it is not in the local Hugging Face cache and could not be "
@@ -230,12 +264,15 @@ def load_model(
 
     ``name``: ``"smollm2-135m-instruct"`` (default, offline), ``"tiny-random-llama"``,
     ``"tiny-random-gpt2"`` (random weights from ``seed``), or any Hugging Face model id.
-    Device defaults to CUDA when available; dtype to bf16 on CUDA, fp32 on CPU.
+    Device defaults to CUDA when available (a device this machine lacks raises
+    ``DeviceNotAvailableError`` listing the available ones); dtype (a torch dtype or a name:
+    ``"float32"``, ``"bfloat16"``, ``"float16"``) to bf16 on CUDA, fp32 on CPU.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"load_model expects a model name, got {name!r}")
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype) or default_dtype(device)
+    seed = check_int(seed, "seed", where="load_model")
     from transformers import AutoModelForCausalLM
 
     if name == DEFAULT_MODEL:

@@ -3,12 +3,20 @@
 A neuron is one MLP hidden unit (``blocks.{l}.mlp.hook_post``, the input of the down projection).
 ``NeuronSet`` supports set algebra, the overlap measure of Paper A (intersection over union),
 per-layer counts, random controls with the same per-layer counts, and safetensors round trips.
+
+A set may record which model it was found on: ``metadata["model"]`` holds
+``nrnlib.model_state.model_identity(model)`` (architecture + tokenizer, not the weights: fine-tuning
+keeps it). ``check_model`` refuses a set that carries another model's identity, so a same-shape set
+from another model is not silently used; ``allow_other_model=True`` on ``deactivate``/``finetune``
+overrides it. A set without an identity fits any model of its shape.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import numbers
+import operator
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,13 +26,52 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+MODEL_KEY = "model"  # metadata key of the model identity
+
+
+class NeuronSetError(ValueError):
+    """A NeuronSet that does not fit what it is used with, or a file that is not a NeuronSet."""
+
+
+class NeuronIndexError(NeuronSetError, IndexError):
+    """A layer or neuron index out of range."""
+
+
+class NeuronIndexTypeError(NeuronSetError, TypeError):
+    """A layer or neuron index that is not an integer (a float would be silently truncated)."""
+
+
+class OtherModelError(NeuronSetError):
+    """A NeuronSet found on another model than the one it is applied to."""
+
+
+def _index(value: object, what: str) -> int:
+    """``value`` as an int index; floats and bools are refused (never truncated)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        truncated = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        hint = " (a float would be truncated)" if truncated else ""
+        raise NeuronIndexTypeError(f"{what} must be an int, got {value!r} ({type(value).__name__}){hint}") from None
+
+
+def _identity_of(model_or_identity: object) -> str | None:
+    if model_or_identity is None or isinstance(model_or_identity, str):
+        return model_or_identity or None
+    from nrnlib.model_state import model_identity
+
+    return model_identity(model_or_identity)
+
 
 @dataclass(eq=False)
 class NeuronSet:
     """A set of neurons as a CPU bool mask ``[n_layers, d_mlp]`` (True = in the set).
 
     ``name`` and ``metadata`` (str -> str, e.g. ``{"k": "0.1", "scope": "global"}``) travel with
-    the set through ``save``/``load``. Equality (``==``) compares the masks only.
+    the set through ``save``/``load``; ``metadata["model"]`` is the identity of the model the set
+    was found on (``for_model``), or absent. Equality (``==``) compares the masks only.
     """
 
     mask: Bool[Tensor, "n_layers d_mlp"]
@@ -55,16 +102,46 @@ class NeuronSet:
         return self.mask.shape[1]
 
     def check_shape(self, n_layers: int, d_mlp: int, what: str = "the model") -> None:
-        """Raise ``ValueError`` unless the mask is ``[n_layers, d_mlp]``."""
+        """Raise ``NeuronSetError`` (a ``ValueError``) unless the mask is ``[n_layers, d_mlp]``."""
         if self.shape != (n_layers, d_mlp):
-            raise ValueError(
+            raise NeuronSetError(
                 f"NeuronSet {self.name or '(unnamed)'} has shape {list(self.shape)} "
                 f"but {what} has {n_layers} layers x {d_mlp} MLP neurons"
             )
 
-    def check_model(self, model) -> None:
-        """Raise ``ValueError`` unless the set fits ``model`` (a TransformerBridge)."""
+    @property
+    def model_identity(self) -> str | None:
+        """Identity of the model the set was found on (``metadata["model"]``), or None."""
+        return self.metadata.get(MODEL_KEY) or None
+
+    def for_model(self, model_or_identity) -> NeuronSet:
+        """A copy that records the model it belongs to: a model (its ``model_identity``), an identity
+        string, or None (forget the identity: the copy then fits any model of its shape)."""
+        identity = _identity_of(model_or_identity)
+        meta = {k: v for k, v in self.metadata.items() if k not in (MODEL_KEY, "model_name")}
+        if identity is not None:
+            meta[MODEL_KEY] = identity
+            name = getattr(getattr(model_or_identity, "cfg", None), "model_name", None)
+            if name:
+                meta["model_name"] = str(name)
+        return NeuronSet(self.mask.clone(), name=self.name, metadata=meta)
+
+    def check_model(self, model, allow_other_model: bool = False) -> None:
+        """Raise ``NeuronSetError`` unless the set fits ``model`` (a TransformerBridge): the same
+        shape, and, when the set records a model identity, the same identity (``OtherModelError``;
+        ``allow_other_model=True`` accepts a set from another model of the same shape)."""
         self.check_shape(int(model.cfg.n_layers), int(model.cfg.d_mlp), f"model {model.cfg.model_name!r}")
+        if allow_other_model or self.model_identity is None:
+            return
+        identity = _identity_of(model)
+        if identity != self.model_identity:
+            found = self.metadata.get("model_name")
+            raise OtherModelError(
+                f"NeuronSet {self.name or '(unnamed)'} was found on another model "
+                f"({found + ', ' if found else ''}identity {self.model_identity}) than "
+                f"{model.cfg.model_name!r} (identity {identity}): its neuron indices mean other neurons there. "
+                "Select neurons on this model, or pass allow_other_model=True if you mean to transfer the set."
+            )
 
     def _check_same_shape(self, other: NeuronSet) -> None:
         if not isinstance(other, NeuronSet):
@@ -91,8 +168,9 @@ class NeuronSet:
 
     def indices(self, layer: int) -> Int[Tensor, " n"]:
         """Sorted neuron indices selected in ``layer``."""
+        layer = _index(layer, "layer")
         if not -self.n_layers <= layer < self.n_layers:
-            raise IndexError(f"layer {layer} out of range for {self.n_layers} layers")
+            raise NeuronIndexError(f"layer {layer} out of range for {self.n_layers} layers")
         return self.mask[layer].nonzero().flatten()
 
     def layers(self) -> list[int]:
@@ -100,20 +178,34 @@ class NeuronSet:
         return self.counts_per_layer().nonzero().flatten().tolist()
 
     # ---- set algebra ----
+    def _combine(self, other: NeuronSet, mask: Tensor, op: str) -> NeuronSet:
+        """The result of a set operation; it keeps the operands' model identity (they must agree)."""
+        ids = {i for i in (self.model_identity, other.model_identity) if i is not None}
+        if len(ids) > 1:
+            raise OtherModelError(
+                f"NeuronSets {self.name or '(unnamed)'} and {other.name or '(unnamed)'} were found on different "
+                f"models ({' vs '.join(sorted(ids))}); combine sets of one model, or drop the identity of one "
+                "with .for_model(None) if you mean to."
+            )
+        src = self if self.model_identity is not None else other
+        return NeuronSet(mask, name=_join(self.name, op, other.name),
+                         metadata={k: src.metadata[k] for k in (MODEL_KEY, "model_name") if k in src.metadata})
+
     def __or__(self, other: NeuronSet) -> NeuronSet:
         self._check_same_shape(other)
-        return NeuronSet(self.mask | other.mask, name=_join(self.name, "|", other.name))
+        return self._combine(other, self.mask | other.mask, "|")
 
     def __and__(self, other: NeuronSet) -> NeuronSet:
         self._check_same_shape(other)
-        return NeuronSet(self.mask & other.mask, name=_join(self.name, "&", other.name))
+        return self._combine(other, self.mask & other.mask, "&")
 
     def __sub__(self, other: NeuronSet) -> NeuronSet:
         self._check_same_shape(other)
-        return NeuronSet(self.mask & ~other.mask, name=_join(self.name, "-", other.name))
+        return self._combine(other, self.mask & ~other.mask, "-")
 
     def __invert__(self) -> NeuronSet:
-        return NeuronSet(~self.mask, name=f"~{self.name}" if self.name else "")
+        return NeuronSet(~self.mask, name=f"~{self.name}" if self.name else "",
+                         metadata={k: self.metadata[k] for k in (MODEL_KEY, "model_name") if k in self.metadata})
 
     def union(self, *others: NeuronSet) -> NeuronSet:
         out = self
@@ -163,17 +255,22 @@ class NeuronSet:
     def from_indices(
         cls, n_layers: int, d_mlp: int, indices: Mapping[int, Iterable[int]], name: str = ""
     ) -> NeuronSet:
-        """A set from ``{layer: [neuron, ...]}``; raises ``IndexError`` on out-of-range entries."""
+        """A set from ``{layer: [neuron, ...]}``. Raises ``NeuronIndexError`` (an ``IndexError``) on
+        out-of-range entries and ``NeuronIndexTypeError`` (a ``TypeError``) on non-integer ones."""
+        n_layers, d_mlp = _index(n_layers, "n_layers"), _index(d_mlp, "d_mlp")
         if n_layers < 1 or d_mlp < 1:
-            raise ValueError(f"n_layers and d_mlp must be >= 1, got {n_layers}, {d_mlp}")
+            raise NeuronSetError(f"n_layers and d_mlp must be >= 1, got {n_layers}, {d_mlp}")
+        if not isinstance(indices, Mapping):
+            raise NeuronIndexTypeError(f"indices must be a mapping {{layer: [neuron, ...]}}, got "
+                                       f"{type(indices).__name__}")
         mask = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
         for layer, js in indices.items():
-            layer = int(layer)
+            layer = _index(layer, "layer")
             if not 0 <= layer < n_layers:
-                raise IndexError(f"layer {layer} out of range [0, {n_layers})")
-            js = torch.as_tensor(list(js), dtype=torch.long)
+                raise NeuronIndexError(f"layer {layer} out of range [0, {n_layers})")
+            js = _neuron_indices(js, layer)
             if len(js) and (js.min() < 0 or js.max() >= d_mlp):
-                raise IndexError(f"neuron indices of layer {layer} out of range [0, {d_mlp}): {js.tolist()}")
+                raise NeuronIndexError(f"neuron indices of layer {layer} out of range [0, {d_mlp}): {js.tolist()}")
             mask[layer, js] = True
         return cls(mask, name=name)
 
@@ -194,21 +291,51 @@ class NeuronSet:
     # ---- persistence ----
     def save(self, path: str | os.PathLike) -> Path:
         """Write the mask (``uint8``) and ``name``/``metadata`` to a safetensors file, atomically."""
-        from nrnlib.results import save_safetensors_atomic  # not at import time: results pulls in plotting
+        from nrnlib.store import save_safetensors_atomic  # not at import time: the store imports model_state
 
         meta = {"format": "nrnlib.NeuronSet", "name": self.name, "metadata": json.dumps(self.metadata, sort_keys=True)}
         return save_safetensors_atomic(path, {"mask": self.mask.to(torch.uint8)}, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NeuronSet:
+        """Read a set written by ``save``. A missing file raises ``FileNotFoundError``; a file that is
+        not a saved NeuronSet raises ``NeuronSetError`` naming the file."""
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if "mask" not in f.keys():
-                raise ValueError(f"{path} is not a saved NeuronSet (no 'mask' tensor)")
-            mask = f.get_tensor("mask")
-        return cls(mask.to(torch.bool), name=meta.get("name", ""), metadata=json.loads(meta.get("metadata", "{}")))
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"No NeuronSet file at {path}")
+        not_a_set = f"{path} is not a saved NeuronSet (write one with NeuronSet.save)"
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if "mask" not in f.keys():
+                    raise NeuronSetError(f"{not_a_set}: it has no 'mask' tensor")
+                mask = f.get_tensor("mask")
+            metadata = json.loads(meta.get("metadata", "{}"))
+        except NeuronSetError:
+            raise
+        except Exception as err:  # safetensors' own error type is not public
+            raise NeuronSetError(f"{not_a_set}: {type(err).__name__}: {err}") from err
+        if mask.ndim != 2 or mask.dtype not in (torch.uint8, torch.bool) or not bool(((mask == 0) | (mask == 1)).all()):
+            raise NeuronSetError(f"{not_a_set}: its 'mask' is {mask.dtype} {list(mask.shape)}, not a 2-D 0/1 mask")
+        if not isinstance(metadata, dict):
+            raise NeuronSetError(f"{not_a_set}: its metadata is not a mapping")
+        return cls(mask.to(torch.bool), name=meta.get("name", ""), metadata=metadata)
+
+
+def _neuron_indices(js: object, layer: int) -> Int[Tensor, " n"]:
+    """The neuron indices of one layer as a long tensor; floats and bools are refused (not truncated)."""
+    if isinstance(js, (str, bytes)) or not isinstance(js, Iterable):
+        raise NeuronIndexTypeError(f"neuron indices of layer {layer} must be an iterable of ints, got {js!r}")
+    values = js if isinstance(js, Tensor) else list(js)
+    if isinstance(values, list):
+        for j in values:
+            _index(j, f"neuron index of layer {layer}")
+        return torch.tensor([operator.index(j) for j in values], dtype=torch.long)
+    if values.dtype == torch.bool or values.is_floating_point() or values.is_complex():
+        raise NeuronIndexTypeError(f"neuron indices of layer {layer} must be ints, got a {values.dtype} tensor "
+                                   "(a float would be truncated)")
+    return values.detach().to("cpu", torch.long).flatten()
 
 
 def _join(a: str, op: str, b: str) -> str:

@@ -14,32 +14,78 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from nrnlib.store import figures_dir, git_commit
+
 TEMPLATE = "plotly_white"
 _CHROME_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 
 
-def figures_dir() -> Path:
-    """``$NRN_FIGURES`` or the repository's ``figures/`` folder."""
-    root = Path(os.environ.get("NRN_FIGURES", Path(__file__).resolve().parent.parent / "figures"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+class BrowserPathWarning(UserWarning):
+    """``$BROWSER_PATH`` is set but does not point to an executable file."""
 
 
 def _find_browser() -> str | None:
-    if os.environ.get("BROWSER_PATH"):
-        return os.environ["BROWSER_PATH"]
+    """A Chrome/Chromium for kaleido: ``$BROWSER_PATH`` when it points to an executable file, else a
+    standard location. A ``$BROWSER_PATH`` that points nowhere warns (``BrowserPathWarning``) and
+    gives None, so no static export is attempted (kaleido would read the same variable and fail)."""
+    configured = os.environ.get("BROWSER_PATH")
+    if configured:
+        path = Path(configured).expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+        found = next((c for c in _CHROME_CANDIDATES if Path(c).exists()), None) or shutil.which("chromium")
+        problem = "does not exist" if not path.exists() else "is not an executable file"
+        warnings.warn(
+            f"BROWSER_PATH={configured!r} {problem}, so figures cannot be exported as PNG/SVG. Point BROWSER_PATH "
+            f"at a Chrome or Chromium binary{f' (found: {found})' if found else ''}, or unset it"
+            f"{'' if found else ' and install one (`apt-get install chromium`)'}.",
+            BrowserPathWarning, stacklevel=3,
+        )
+        return None
     for candidate in _CHROME_CANDIDATES:
         if Path(candidate).exists():
             return candidate
     return shutil.which("chromium")
 
 
-def save_figure(fig: go.Figure, name: str, formats: Sequence[str] = ("png", "svg", "html"),
-                width: int = 900, height: int = 500) -> list[Path]:
-    """Write ``fig`` as ``figures/{name}.{png,svg,html}``; static formats need a Chrome (kaleido).
+def _use_png_renderer() -> None:
+    """Notebook figures as the interactive plot plus a static PNG (``$NRN_NOTEBOOK_PNG=1``, set by
+    ``python -m nrnlib reproduce``), when a browser for kaleido is found."""
+    browser = _find_browser()
+    if browser is not None:
+        import plotly.io as pio
 
-    Without one, writes the HTML only and warns with the install command.
+        os.environ.setdefault("BROWSER_PATH", browser)
+        pio.renderers.default = "plotly_mimetype+png"
+
+
+if os.environ.get("NRN_NOTEBOOK_PNG") == "1":
+    _use_png_renderer()
+
+
+def stamp_provenance(fig: go.Figure, profile: str | None = None) -> go.Figure:
+    """Caption the figure with the profile and the commit it was drawn from (bottom right, grey), and
+    keep both in ``fig.layout.meta``, so a PNG or SVG found alone still says where it came from."""
+    from nrnlib.profiles import default_profile_name
+
+    profile = profile or default_profile_name()
+    commit = git_commit()
+    short = commit[:10] + ("+dirty" if commit.endswith("+dirty") else "")
+    fig.update_layout(meta={"profile": profile, "commit": commit},
+                      margin_b=max(int(fig.layout.margin.b or 0), 90))
+    fig.add_annotation(text=f"nrnlib · profile {profile} · commit {short}", xref="paper", yref="paper", x=1.0,
+                       y=0.0, yshift=-70, xanchor="right", yanchor="top", showarrow=False,
+                       font=dict(size=9, color="grey"))
+    return fig
+
+
+def save_figure(fig: go.Figure, name: str, formats: Sequence[str] = ("png", "svg", "html"),
+                width: int = 900, height: int = 500, profile: str | None = None) -> list[Path]:
+    """Write ``fig`` as ``figures/{name}.{png,svg,html}``, captioned with its profile (default:
+    ``$NRN_PROFILE`` or the device's default) and commit (``stamp_provenance``); static formats need
+    a Chrome (kaleido). Without one, writes the HTML only and warns with the install command.
     """
+    stamp_provenance(fig, profile)
     out, written = figures_dir(), []
     static = [f for f in formats if f != "html"]
     if "html" in formats:

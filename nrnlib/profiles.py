@@ -5,9 +5,16 @@ figures on a laptop CPU; ``full``: paper scale on one GPU. Chosen by ``$NRN_PROF
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from nrnlib.tasks import Task
+
+N_CHUNKS = 8  # attribution chunks per task (notebook 01: two disjoint halves of N_CHUNKS / 2 chunks each)
+MIN_TEST = 4  # fewest test examples a task needs under any profile
 
 
 @dataclass(frozen=True)
@@ -20,7 +27,7 @@ class Profile:
     seeds: tuple[int, ...]
     batch_size: int
     shots: int  # few-shot demonstrations for the zero/few-shot table
-    minutes_cpu: dict[str, float]  # expected minutes per notebook (by NN prefix) on 2 CPU cores
+    minutes_cpu: dict[str, float | int]  # expected minutes per notebook (by NN prefix) on 2 CPU cores
     n_eval_conditions: int = 24  # test examples per condition where a table scores many conditions
     k_grid: tuple[float, ...] = (0.02, 0.05, 0.10)  # fractions of neurons for curves over k
     tasks: tuple[str, ...] | None = None  # the tasks of the many-condition notebooks (None: all twelve)
@@ -33,6 +40,10 @@ class Profile:
         """Expected CPU minutes for these notebooks (None where some were never timed on a CPU)."""
         times = [self.minutes_cpu.get(prefix) for prefix in notebook_prefixes]
         return None if any(t is None for t in times) else float(sum(times))
+
+    def sizes(self, task: Task | str) -> TaskSizes:
+        """This profile's sizes for ``task``, clipped to what the task has (see ``TaskSizes``)."""
+        return task_sizes(self, task)
 
     def task_names(self) -> list[str]:
         """The tasks this profile runs: its ``tasks``, or every registered task (the twelve built-in ones
@@ -59,6 +70,86 @@ PROFILES = {
                     seeds=(0, 1, 2, 3, 4), batch_size=32, shots=2, minutes_cpu={},
                     n_eval_conditions=200, k_grid=(0.005, 0.01, 0.02, 0.05, 0.10), finetune_batch_size=16),
 }
+
+
+class ProfileError(ValueError):
+    """A profile asks for sizes a task cannot meet; the message names the task, the size and the fix."""
+
+
+# The sizes each notebook takes from its profile (for ``plan``, the ``reproduce --dry-run`` table).
+NOTEBOOK_SIZES = {
+    "00": ("n_eval", "shots"),
+    "01": ("n_attribution",),
+    "02": ("n_eval_conditions",),
+    "03": ("n_train", "n_eval_conditions"),
+    "07": ("n_train", "n_eval"),
+}
+
+
+@dataclass(frozen=True)
+class TaskSizes:
+    """A profile's sizes for one task, clipped to the task's splits.
+
+    - ``n_eval``, ``n_eval_conditions``: at most the test split;
+    - ``n_train``: at most the train split; ``shots``: at most the train split;
+    - ``n_attribution``: at most the train split, rounded down to a multiple of ``N_CHUNKS`` so the
+      chunks (and notebook 01's two halves) are equal.
+
+    ``clipped`` maps each size that was reduced to ``(asked, used)``.
+    """
+
+    task: str
+    n_eval: int
+    n_eval_conditions: int
+    n_train: int
+    n_attribution: int
+    shots: int
+    clipped: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def task_sizes(profile: Profile, task: Task | str) -> TaskSizes:
+    """Clip ``profile``'s sizes to ``task``; ``ProfileError`` when a task is too small for any run."""
+    from nrnlib.tasks import as_task
+
+    task = as_task(task)
+    n_train, n_test = len(task.train), len(task.test)
+    if n_test < MIN_TEST or n_train < N_CHUNKS:
+        raise ProfileError(
+            f"task {task.name!r} has {n_train} train and {n_test} test examples; every profile needs at least "
+            f"{N_CHUNKS} train (attribution chunks) and {MIN_TEST} test examples: give the task more examples")
+    used = {
+        "n_eval": min(profile.n_eval, n_test),
+        "n_eval_conditions": min(profile.n_eval_conditions, n_test),
+        "n_train": min(profile.n_train, n_train),
+        "n_attribution": min(profile.n_attribution, n_train) // N_CHUNKS * N_CHUNKS,
+        "shots": min(profile.shots, n_train),
+    }
+    clipped = {k: (getattr(profile, k), v) for k, v in used.items() if v != getattr(profile, k)}
+    return TaskSizes(task=task.name, clipped=clipped, **used)
+
+
+def plan(profile: Profile, notebooks: list[str]) -> list[dict]:
+    """One row per (notebook, task, size): asked, used, and whether it was clipped. Raises
+    ``ProfileError`` (with every offending task) when a task cannot be run under ``profile``."""
+    from nrnlib.tasks import list_tasks
+
+    rows, errors = [], []
+    names = profile.task_names()
+    for prefix in notebooks:
+        tasks = list_tasks() if prefix == "00" else names
+        for name in tasks:
+            try:
+                sizes = task_sizes(profile, name)
+            except ProfileError as err:
+                errors.append(str(err))
+                continue
+            for size in NOTEBOOK_SIZES.get(prefix, ()):
+                used = getattr(sizes, size)
+                rows.append({"notebook": prefix, "task": name, "size": size, "asked": getattr(profile, size),
+                             "used": used, "clipped": size in sizes.clipped})
+    if errors:
+        raise ProfileError(f"profile {profile.name!r} cannot run: " + "; ".join(sorted(set(errors))))
+    return rows
 
 
 def default_profile_name() -> str:

@@ -26,7 +26,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from nrnlib import encoding, losses
-from nrnlib.models import eval_mode
+from nrnlib.checks import check_int
+from nrnlib.model_state import eval_mode
+from nrnlib.tasks import as_task
 
 
 class UndefinedCKAError(ValueError):
@@ -34,14 +36,36 @@ class UndefinedCKAError(ValueError):
     that are all equal); ``layer_cka`` reports such layers as NaN."""
 
 
+class NonFiniteRepresentationError(ValueError):
+    """A representation with NaN or infinite entries: CKA would silently be NaN."""
+
+
+def _as_matrix(x: object, which: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    try:
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"CKA needs tensors (or arrays), got {type(x).__name__} for {which}") from None
+
+
 def _check_pair(x: Tensor, y: Tensor, min_n: int = 2) -> tuple[Tensor, Tensor]:
+    x, y = _as_matrix(x, "x"), _as_matrix(y, "y")
     if x.ndim != 2 or y.ndim != 2:
         raise ValueError(f"CKA needs two [n, features] matrices, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"CKA needs the same examples (rows) in both inputs, got {x.shape[0]} and {y.shape[0]}")
     if x.shape[0] < min_n:
         raise ValueError(f"this CKA estimator needs at least {min_n} examples, got {x.shape[0]}")
-    return x.detach().double().cpu(), y.detach().double().cpu()
+    x, y = x.detach().double().cpu(), y.detach().double().cpu()
+    for which, t in (("x", x), ("y", y)):
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise NonFiniteRepresentationError(
+                f"CKA input {which} has {bad} non-finite (NaN or inf) entries of {t.numel()}: CKA is undefined. "
+                "Check where the states come from (a diverged fine-tune, an fp16 overflow)."
+            )
+    return x, y
 
 
 def _center(x: Float[Tensor, "n p"]) -> Float[Tensor, "n p"]:
@@ -120,6 +144,9 @@ def last_token_states(
     Prompts are right-padded, so the last prompt token of example b sits at ``prompt_length_b − 1``
     and never attends to padding.
     """
+    task = as_task(task)
+    n = check_int(n, "n", minimum=1, where="last_token_states", none_ok=True)
+    batch_size = check_int(batch_size, "batch_size", minimum=1, where="last_token_states")
     examples = list(task.split(split))[: n if n is not None else None]
     if not examples:
         raise ValueError(f"Task {task.name!r} has no {split!r} examples to read states from")

@@ -7,7 +7,8 @@ where it stopped and a rerun is instant.
 - ``detection``: notebook 01 (relevance scores, task-neuron sets, depth, overlap, stability);
 - ``deactivation``: notebook 02 (Paper A Table 1);
 - ``neuron_finetuning``: notebook 03 (Paper A Table 2);
-- ``layer_by_layer``: notebook 07 (Paper B, CKA against single-task controls).
+- ``layer_by_layer``: notebook 07 (Paper B, CKA against single-task controls);
+- ``verdicts``: the claims of notebooks 00 and 01 (kept out of the modules that key the cache).
 """
 
 from nrnlib.experiments.deactivation import (
@@ -37,6 +38,7 @@ from nrnlib.experiments.layer_by_layer import (
 )
 from nrnlib.experiments.neuron_finetuning import finetune_arm, finetuning_claims, neuron_finetuning_table
 from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_shot_table
+from nrnlib.experiments.verdicts import detection_claims, suite_claims
 
 __all__ = [
     "cka_curves",
@@ -48,6 +50,7 @@ __all__ = [
     "claims_table",
     "deactivation_table",
     "depth_table",
+    "detection_claims",
     "diagonal_dominance",
     "finetune_arm",
     "finetuning_claims",
@@ -62,6 +65,7 @@ __all__ = [
     "score_task",
     "specificity_matrix",
     "stability_table",
+    "suite_claims",
     "task_suite_table",
     "zero_and_few_shot_table",
 ]

@@ -17,15 +17,17 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
+from nrnlib import store
 from nrnlib.ablation import deactivate
 from nrnlib.evaluate import evaluate
-from nrnlib.models import model_fingerprint
+from nrnlib.model_state import model_fingerprint
 from nrnlib.neurons import NeuronSet
-from nrnlib.results import cached_json, stable_hash
 from nrnlib.tasks import get_task
 
 LOGPROB_METRIC = {"classification": "label_logprob", "generation": "answer_logprob"}
 TEACHER_FORCED_METRIC = {"classification": "accuracy", "generation": "token_accuracy"}
+# the code whose change invalidates cached conditions (nrnlib.store.code_digest)
+CONDITION_CODE = ("evaluate", "encoding", "losses", "ablation", "experiments.deactivation")
 
 
 def _mask_digest(neurons: NeuronSet | None) -> str:
@@ -39,8 +41,6 @@ def score_condition(
     """Teacher-forced metrics of ``task`` (first ``n`` test examples) with ``neurons`` deactivated
     (``None``: the intact model). Cached per (model weights, examples, mask, mode)."""
     examples = list(task.test[:n])
-    key = stable_hash("deactivation-v1", fingerprint or model_fingerprint(model), task.name, task.instruction,
-                      examples, _mask_digest(neurons), mode, include_inputs)
 
     def compute() -> dict:
         start = time.perf_counter()
@@ -49,7 +49,9 @@ def score_condition(
             score = evaluate(model, task, n=n, decode=False, batch_size=batch_size, progress=False)
         return {**score.metrics, "n": score.n, "wall_s": time.perf_counter() - start}
 
-    return cached_json("deactivation", key, compute)
+    return store.cached("deactivation", compute, settings={"neurons": _mask_digest(neurons), "mode": mode,
+                        "include_inputs": include_inputs, "n": len(examples)}, code=CONDITION_CODE, model=model,
+                        fingerprint=fingerprint, tasks={task.name: task.digest(examples)})
 
 
 def _row(task, condition: str, whose: str, selection: str, k: float, metrics: dict, base: dict, **extra) -> dict:

@@ -9,6 +9,7 @@ the relevance of the union), and two disjoint halves of the chunks give the stab
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -16,13 +17,16 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from nrnlib.attribution import attribute, select_neurons, select_specific_neurons
+from nrnlib.attribution import attribute
 from nrnlib.neurons import NeuronSet
-from nrnlib.profiles import Profile
+from nrnlib.profiles import N_CHUNKS, Profile
+from nrnlib.selection import select_neurons, select_specific_neurons
 from nrnlib.tasks import get_task, list_tasks
 
+if TYPE_CHECKING:
+    from transformer_lens import TransformerBridge
+
 SELECTIONS = ("plain", "specific")
-N_CHUNKS = 8
 
 
 def relevance_chunks(
@@ -30,12 +34,13 @@ def relevance_chunks(
     n_chunks: int = N_CHUNKS,
 ) -> dict[str, Float[Tensor, "chunk n_layers d_mlp"]]:
     """Per task, ``attribute`` on ``n_chunks`` disjoint consecutive chunks of the first
-    ``profile.n_attribution`` train examples (each chunk cached), stacked."""
+    ``profile.n_attribution`` train examples (clipped to the task, a multiple of ``n_chunks``; each
+    chunk cached), stacked."""
     names = list(tasks) if tasks is not None else list_tasks()
-    size = max(1, profile.n_attribution // n_chunks)
     out = {}
     for name in tqdm(names, desc="attribution"):
         task = get_task(name)
+        size = profile.sizes(task).n_attribution // n_chunks  # clipped to the task: equal chunks
         out[name] = torch.stack([
             attribute(model, task, n_examples=size, start=i * size, aggregation=aggregation,
                       batch_size=profile.batch_size, progress=False)
@@ -51,14 +56,16 @@ def relevance_scores(chunks: Mapping[str, Tensor], part: slice = slice(None)) ->
 
 def neuron_sets(
     scores: Mapping[str, Tensor], k: float = 0.10, selection: str = "plain", scope: str = "global",
-    method: str = "zscore",
+    method: str = "zscore", model: TransformerBridge | str | None = None,
 ) -> dict[str, NeuronSet]:
     """Each task's top-``k`` neurons: ``"plain"`` = Paper A's top-k of its own relevance;
-    ``"specific"`` = top-k of ``specificity_scores`` against all the other tasks in ``scores``."""
+    ``"specific"`` = top-k of ``specificity_scores`` against all the other tasks in ``scores``.
+    ``model`` (the model the scores came from) is recorded in every set."""
     if selection == "plain":
-        return {t: select_neurons(s, k=k, scope=scope, name=t) for t, s in scores.items()}
+        return {t: select_neurons(s, k=k, scope=scope, name=t, model=model) for t, s in scores.items()}
     if selection == "specific":
-        return {t: select_specific_neurons(scores, t, k=k, method=method, scope=scope) for t in scores}
+        return {t: select_specific_neurons(scores, t, k=k, method=method, scope=scope, model=model)
+                for t in scores}
     raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
 
 

@@ -18,34 +18,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from nrnlib.finetune import finetune, restored_after
-from nrnlib.models import cache_dir, model_fingerprint
+from nrnlib import store
+from nrnlib.finetune import finetune
+from nrnlib.model_state import model_fingerprint, restored_after
 from nrnlib.profiles import Profile
 from nrnlib.representations import last_token_states, layer_cka
-from nrnlib.results import save_safetensors_atomic, stable_hash
 from nrnlib.tasks import get_task
 
+# the code whose change invalidates cached states (nrnlib.store.code_digest)
+STATES_CODE = ("finetune", "representations", "encoding", "losses", "experiments.layer_by_layer")
 
-def _states_path(key: str) -> Path:
-    return cache_dir() / "states" / f"{key}.safetensors"
 
-
-def _cached_states(key: str, compute) -> dict[str, torch.Tensor]:
-    """``compute()`` (a dict of tensors) cached as one safetensors file, written atomically."""
-    from safetensors.torch import load_file
-
-    path = _states_path(key)
-    if path.exists():
-        return load_file(str(path))
-    value = compute()
-    save_safetensors_atomic(path, value)
-    return value
+def _task_digest(name: str, split: str, n: int) -> str:
+    task = get_task(name)
+    return task.digest(list(task.split(split)[:n]))
 
 
 def _train_and_read(model, train_tasks, read_tasks, steps, profile, lr, seed) -> dict[str, torch.Tensor]:
@@ -63,17 +54,22 @@ def mossa_states(
     """States ``[layers+1, n, d_model]`` per model kind ("base", "E", "control") and task; each
     model's states are cached on disk, so an interrupted run resumes at the next model."""
     fp = model_fingerprint(model)
-    common = (fp, profile.n_eval, profile.n_train, profile.finetune_batch_size, lr, seed)
+
+    def states(kind: str, trained: Sequence[str], read: Sequence[str], steps: int) -> dict[str, torch.Tensor]:
+        """One model's states, cached: the key holds every train and read task's exact examples."""
+        digests = {f"train:{t}": _task_digest(t, "train", profile.n_train) for t in trained}
+        digests |= {f"read:{t}": _task_digest(t, "test", profile.n_eval) for t in read}
+        return store.cached(
+            "mossa_states", lambda: _train_and_read(model, trained, read, steps, profile, lr, seed),
+            settings={"model_kind": kind, "steps": steps, "lr": lr, "seed": seed,
+                      "batch_size": profile.finetune_batch_size, "batch_size_read": profile.batch_size},
+            code=STATES_CODE, model=model, fingerprint=fp, tasks=digests, fmt="tensors")
+
     out: dict[str, dict[str, torch.Tensor]] = {"control": {}}
-    out["base"] = _cached_states(stable_hash("mossa-base", *common, list(tasks)),
-                                 lambda: _train_and_read(model, [], tasks, 0, profile, lr, seed))
-    e_steps = profile.finetune_steps * len(train_tasks)
-    out["E"] = _cached_states(stable_hash("mossa-E", *common, list(tasks), list(train_tasks), e_steps),
-                              lambda: _train_and_read(model, train_tasks, tasks, e_steps, profile, lr, seed))
+    out["base"] = states("base", [], tasks, 0)
+    out["E"] = states("E", train_tasks, tasks, profile.finetune_steps * len(train_tasks))
     for t in tqdm(list(tasks), desc="controls"):
-        key = stable_hash("mossa-control", *common, t, profile.finetune_steps)
-        out["control"][t] = _cached_states(
-            key, lambda t=t: _train_and_read(model, [t], [t], profile.finetune_steps, profile, lr, seed))[t]
+        out["control"][t] = states("control", [t], [t], profile.finetune_steps)[t]
     return out
 
 

@@ -1,7 +1,7 @@
 """Notebook 03 (Paper A Table 2): fine-tune only a task's neurons, only matched random neurons, or all
 parameters, with the same loop, data order, steps and learning rate, and score the task's test split.
 
-Each arm runs inside ``finetune.restored_after``, so one loaded model serves every arm and seed, and
+Each arm runs inside ``model_state.restored_after``, so one loaded model serves every arm and seed, and
 each result is cached on disk (an interrupted run resumes at the next arm).
 """
 
@@ -12,16 +12,18 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
+from nrnlib import store
 from nrnlib.evaluate import evaluate
 from nrnlib.experiments.deactivation import LOGPROB_METRIC, TEACHER_FORCED_METRIC
-from nrnlib.finetune import finetune, restored_after
-from nrnlib.models import model_fingerprint
+from nrnlib.finetune import finetune
+from nrnlib.model_state import model_fingerprint, restored_after
 from nrnlib.neurons import NeuronSet
 from nrnlib.profiles import Profile
-from nrnlib.results import cached_json, stable_hash
 from nrnlib.tasks import get_task
 
 ARMS = ("none", "task", "random", "all")
+# the code whose change invalidates cached arms (nrnlib.store.code_digest)
+ARM_CODE = ("finetune", "evaluate", "encoding", "losses", "experiments.neuron_finetuning")
 
 
 def finetune_arm(
@@ -32,9 +34,8 @@ def finetune_arm(
     its first ``profile.n_eval_conditions`` test examples (teacher-forced), restore the model."""
     steps = 0 if arm == "none" else profile.finetune_steps
     trained = "all" if neurons is None else neurons.digest()
-    key = stable_hash("finetune-v1", fingerprint or model_fingerprint(model), task.name, task.instruction,
-                      list(task.test[: profile.n_eval_conditions]), trained, arm, seed, lr, steps,
-                      profile.finetune_batch_size, profile.n_train)
+    test = list(task.test[: profile.n_eval_conditions])
+    train = list(task.train[: profile.n_train])
 
     def compute() -> dict:
         with restored_after(model):
@@ -49,7 +50,13 @@ def finetune_arm(
                 "mean_loss_last_5": sum(log.losses[-5:]) / len(log.losses[-5:]) if log else None,
                 "train_wall_s": log.wall_s if log else 0.0}
 
-    return cached_json("finetune", key, compute)
+    return store.cached(
+        "finetune_arm", compute,
+        settings={"trained": trained, "arm": arm, "seed": seed, "lr": lr, "steps": steps,
+                  "batch_size": profile.finetune_batch_size, "n_train": len(train), "n_test": len(test)},
+        code=ARM_CODE, model=model, fingerprint=fingerprint,
+        tasks={task.name: task.digest(train + test)},
+    )
 
 
 def _jobs(sets: Mapping[str, Mapping[str, NeuronSet]], arms: Sequence[str], seeds: Sequence[int]) -> list[tuple]:

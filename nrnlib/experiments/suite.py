@@ -9,11 +9,13 @@ from collections.abc import Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from nrnlib.evaluate import PRIMARY_METRIC, chance_level, evaluate
-from nrnlib.models import model_fingerprint
+from nrnlib import store
+from nrnlib.evaluate import PRIMARY_METRIC, chance_level, evaluate, few_shot_examples
 from nrnlib.profiles import Profile
-from nrnlib.results import cached_json, stable_hash
 from nrnlib.tasks import get_task, list_tasks
+
+# the code whose change invalidates cached scores (nrnlib.store.code_digest)
+SCORE_CODE = ("evaluate", "encoding", "losses", "experiments.suite")
 
 
 def task_suite_table() -> pd.DataFrame:
@@ -32,10 +34,8 @@ def task_suite_table() -> pd.DataFrame:
 
 def score_task(model, task, profile: Profile, shots: int, seed: int = 0) -> dict:
     """``evaluate`` one task under ``profile`` (cached): a flat dict of metrics plus bookkeeping."""
-    # classification entries gained calibrated_accuracy ("v2" in their key); generation keys are unchanged
-    revision = ["v2"] if task.category == "classification" else []
-    key = stable_hash(model_fingerprint(model), task.name, [ex for ex in task.test[: profile.n_eval]],
-                      shots, seed, profile.n_eval, *revision)
+    examples = list(task.test[: profile.n_eval])
+    demonstrations = few_shot_examples(task, shots, seed)
 
     def compute() -> dict:
         start = time.perf_counter()
@@ -45,13 +45,16 @@ def score_task(model, task, profile: Profile, shots: int, seed: int = 0) -> dict
         share = max(counts.values()) / score.n if task.category == "classification" else None
         return {**score.metrics, "n": score.n, "wall_s": time.perf_counter() - start,
                 "most_common_prediction": counts.most_common(1)[0][0] if share else None,
-                "most_common_share": share, "sample_predictions": score.predictions[:5]}
+                "most_common_share": share, "sample_predictions": score.predictions[:5],
+                "per_example": score.per_example}
 
-    return cached_json("scores", key, compute)
+    return store.cached("suite_scores", compute, settings={"shots": shots, "seed": seed, "n": len(examples)},
+                        code=SCORE_CODE, model=model, tasks={task.name: task.digest(examples, demonstrations)})
 
 
 def zero_and_few_shot_table(model, profile: Profile, tasks: Sequence[str] | None = None) -> pd.DataFrame:
-    """Every task's metrics at 0 shots and ``profile.shots`` shots, beside its chance level."""
+    """Every task's metrics at 0 shots and ``profile.shots`` shots, beside its chance level; the
+    ``per_example`` column holds each metric's per-example values (``evaluate.TaskScore.per_example``)."""
     names = list(tasks) if tasks is not None else list_tasks()
     settings = [0] + ([profile.shots] if profile.shots else [])
     rows = []
@@ -67,3 +70,6 @@ def zero_and_few_shot_table(model, profile: Profile, tasks: Sequence[str] | None
                 **{k: v for k, v in result.items() if k not in ("sample_predictions",)},
             })
     return pd.DataFrame(rows)
+
+
+# the foundation's rule, fixed before the run: calibrated accuracy - chance > MARGIN on >= 2/3 of the tasks

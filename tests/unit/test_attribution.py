@@ -6,6 +6,7 @@ import torch
 
 import nrnlib.losses
 from nrnlib import attribution as A
+from nrnlib import selection as S
 from nrnlib.encoding import encode_examples
 from nrnlib.neurons import NeuronSet
 
@@ -151,7 +152,7 @@ def test_activation_scores_equal_mean_abs_activation(tiny_model, hf_mlps, parity
 
 def test_same_inputs_give_the_same_neurons(tiny_model, echo_task):
     runs = [
-        A.select_neurons(A.attribute(tiny_model, echo_task, n_examples=4, cache=False, progress=False), k=0.1)
+        S.select_neurons(A.attribute(tiny_model, echo_task, n_examples=4, cache=False, progress=False), k=0.1)
         for _ in range(2)
     ]
     assert runs[0] == runs[1] and runs[0].count == round(0.1 * runs[0].mask.numel())
@@ -175,7 +176,7 @@ def test_n_examples_validation(tiny_model, parity_task):
 def test_cache_hit_skips_the_model_and_misses_after_weight_change(tiny_model, parity_task, monkeypatch, tmp_path):
     monkeypatch.setenv("NRN_CACHE", str(tmp_path))
     first = A.attribute(tiny_model, parity_task, n_examples=3, progress=False)
-    files = list((tmp_path / "scores").iterdir())
+    files = [f for f in (tmp_path / "attribution").iterdir() if f.is_file()]
     assert len(files) == 1 and files[0].suffix == ".safetensors"  # no temporary file left behind
 
     calls = []
@@ -211,32 +212,32 @@ def test_cache_hit_skips_the_model_and_misses_after_weight_change(tiny_model, pa
 
 def test_select_neurons_global_vs_layer():
     scores = torch.tensor([[9.0, 8.0, 7.0, 6.0], [1.0, 2.0, 3.0, 0.5]])
-    glob = A.select_neurons(scores, k=0.25, scope="global")  # 2 of 8, both in layer 0
+    glob = S.select_neurons(scores, k=0.25, scope="global")  # 2 of 8, both in layer 0
     assert glob.indices(0).tolist() == [0, 1] and glob.indices(1).tolist() == []
-    layer = A.select_neurons(scores, k=0.25, scope="layer")  # 1 per layer
+    layer = S.select_neurons(scores, k=0.25, scope="layer")  # 1 per layer
     assert layer.indices(0).tolist() == [0] and layer.indices(1).tolist() == [2]
     assert glob.metadata["scope"] == "global" and float(glob.metadata["k"]) == 0.25
-    assert A.select_neurons(scores, k=1.0).count == 8
-    assert A.select_neurons(scores, k=0.01).count == 1  # at least one
+    assert S.select_neurons(scores, k=1.0).count == 8
+    assert S.select_neurons(scores, k=0.01).count == 1  # at least one
 
 
 def test_select_neurons_ties_go_to_lower_index():
     scores = torch.ones(2, 5)
-    assert A.select_neurons(scores, k=0.3).mask.flatten().nonzero().flatten().tolist() == [0, 1, 2]
-    assert A.select_neurons(scores, k=0.4, scope="layer").indices(1).tolist() == [0, 1]
+    assert S.select_neurons(scores, k=0.3).mask.flatten().nonzero().flatten().tolist() == [0, 1, 2]
+    assert S.select_neurons(scores, k=0.4, scope="layer").indices(1).tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("k", [0, -0.1, 1.5, float("nan"), "0.1", True])
 def test_select_neurons_rejects_bad_k(k):
     with pytest.raises(ValueError, match="k"):
-        A.select_neurons(torch.rand(2, 4), k=k)
+        S.select_neurons(torch.rand(2, 4), k=k)
 
 
 def test_select_neurons_rejects_bad_scope_and_shape():
     with pytest.raises(ValueError, match="scope"):
-        A.select_neurons(torch.rand(2, 4), scope="block")
+        S.select_neurons(torch.rand(2, 4), scope="block")
     with pytest.raises(ValueError, match="n_layers"):
-        A.select_neurons(torch.rand(8), k=0.5)
+        S.select_neurons(torch.rand(8), k=0.5)
 
 
 def test_specificity_formulas():
@@ -244,32 +245,32 @@ def test_specificity_formulas():
          "c": torch.tensor([[1.0, 2.0, 3.0]])}
     q = {t: v / v.sum() * 3 for t, v in s.items()}  # scaled to mean 1
     allq = torch.stack(list(q.values()))
-    z = A.specificity_scores(s, "zscore")
+    z = S.specificity_scores(s, "zscore")
     expect = (q["a"] - (q["b"] + q["c"]) / 2) / (allq.std(0, unbiased=False) + 1e-6)
     assert torch.allclose(z["a"], expect, atol=1e-5)
-    r = A.specificity_scores(s, "ratio")
+    r = S.specificity_scores(s, "ratio")
     assert torch.allclose(r["b"], torch.log(q["b"] + 1e-6) - torch.log((q["a"] + q["c"]) / 2 + 1e-6), atol=1e-5)
-    rk = A.specificity_scores(s, "rank")
+    rk = S.specificity_scores(s, "rank")
     # ranks (0 = least relevant; ties by index): a [2,0,1], b [0,1,2], c [0,1,2]
     assert rk["a"].tolist() == [[2.0, -1.0, -1.0]]
-    top = A.select_specific_neurons(s, "a", k=1 / 3, method="zscore")
+    top = S.select_specific_neurons(s, "a", k=1 / 3, method="zscore")
     assert top.indices(0).tolist() == [0] and top.metadata["method"] == "zscore"
 
 
 def test_specificity_validation():
     with pytest.raises(ValueError, match="two tasks"):
-        A.specificity_scores({"a": torch.rand(2, 3)})
+        S.specificity_scores({"a": torch.rand(2, 3)})
     with pytest.raises(ValueError, match="shape"):
-        A.specificity_scores({"a": torch.rand(2, 3), "b": torch.rand(2, 4)})
+        S.specificity_scores({"a": torch.rand(2, 3), "b": torch.rand(2, 4)})
     with pytest.raises(ValueError, match="method"):
-        A.specificity_scores({"a": torch.rand(2, 3), "b": torch.rand(2, 3)}, method="pmi")
+        S.specificity_scores({"a": torch.rand(2, 3), "b": torch.rand(2, 3)}, method="pmi")
     with pytest.raises(KeyError):
-        A.select_specific_neurons({"a": torch.rand(2, 3), "b": torch.rand(2, 3)}, "c")
+        S.select_specific_neurons({"a": torch.rand(2, 3), "b": torch.rand(2, 3)}, "c")
 
 
 def test_selected_neurons_are_a_neuron_set(tiny_model, parity_task):
     scores = A.attribute(tiny_model, parity_task, n_examples=2, cache=False, progress=False)
-    chosen = A.select_neurons(scores, k=0.05, scope="layer", name="parity")
+    chosen = S.select_neurons(scores, k=0.05, scope="layer", name="parity")
     assert isinstance(chosen, NeuronSet) and chosen.name == "parity"
     assert chosen.counts_per_layer().tolist() == [round(0.05 * tiny_model.cfg.d_mlp)] * tiny_model.cfg.n_layers
 

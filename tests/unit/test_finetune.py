@@ -104,7 +104,7 @@ def test_validation(model, parity_task):
 
 def test_restored_after_puts_back_every_parameter_bit_exactly(model, parity_task):
     """Training inside restored_after changes the model within the block only, also on exception."""
-    from nrnlib.finetune import restored_after
+    from nrnlib.model_state import restored_after
 
     before = [p.detach().clone() for p in model.parameters()]
     with restored_after(model):

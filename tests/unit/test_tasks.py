@@ -1,23 +1,28 @@
-"""Tests of nrnlib.tasks: the Task type, the twelve built-in tasks, the registry and the HF loader."""
+"""Tests of nrnlib.tasks: the Task type, the twelve built-in tasks, the registry and the HF loader; bad
+inputs (missing values, conflicting labels, multi-token label words, wrong types) and ``Task.digest``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from nrnlib import tasks
+import nrnlib
+from nrnlib import encoding, tasks
 from nrnlib.tasks import (
     CATEGORIES,
     HELDOUT_TASKS,
     TRAIN_TASKS,
     Task,
     TaskError,
+    as_task,
     check_label_tokens,
     get_task,
     list_tasks,
@@ -136,10 +141,10 @@ def test_splits_identical_across_processes():
         "import hashlib, json; from nrnlib.tasks import get_task\n"
         f"for n in {names!r}:\n"
         "    t = get_task(n)\n"
-        "    print(hashlib.sha256(json.dumps([t.train, t.test], sort_keys=True).encode()).hexdigest())\n"
+        "    print(hashlib.sha256(json.dumps([t.train, t.test], sort_keys=True).encode()).hexdigest(), t.digest())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [_digest(get_task(n)) for n in names]
+    assert out.stdout.split() == [d for n in names for d in (_digest(get_task(n)), get_task(n).digest())]
 
 
 def test_n_test_takes_a_prefix():
@@ -322,3 +327,238 @@ def test_load_hf_task_fails_fast_offline(monkeypatch, tmp_path):
     assert "network" in message and "cached" in message and "tweet_sentiment" in message
     with pytest.raises(TaskError, match="Did you mean 'ag_news'"):
         load_hf_task("agnews")
+
+
+def test_load_hf_task_reads_a_cached_copy_without_the_hub(monkeypatch, tmp_path):
+    """Offline, a dataset in the local cache is read without calling load_dataset (no Hub retries) and
+    without switching the process to offline mode."""
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants as hub_constants
+    from datasets.data_files import DataFilesDict
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    # a copy of "stanfordnlp/sst2" laid out as datasets caches a Hub dataset: <ns>___<name>/<config>/<ver>/<hash>
+    feats = datasets.Features({"sentence": datasets.Value("string"),
+                               "label": datasets.ClassLabel(names=["negative", "positive"])})
+    sizes = {"train": 30, "validation": 12}
+    for split, n in sizes.items():
+        rows = {"sentence": [f"{split} sentence number {i}" for i in range(n)], "label": [i % 2 for i in range(n)]}
+        datasets.Dataset.from_dict(rows, features=feats).to_parquet(str(tmp_path / f"{split}.parquet"))
+    files = DataFilesDict.from_patterns({s: [f"{s}.parquet"] for s in sizes}, base_path=str(tmp_path))
+    builder = Parquet(cache_dir=str(tmp_path / "build"), dataset_name="sst2", config_name="default",
+                      data_files=files, hash="0123abcd")
+    builder.download_and_prepare()
+    cache = tmp_path / "cache"
+    (cache / "stanfordnlp___sst2" / "default" / "0.0.0").mkdir(parents=True)
+    Path(builder._output_dir).rename(cache / "stanfordnlp___sst2" / "default" / "0.0.0" / "0123abcd")
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("load_dataset (which contacts the Hub) was called offline")
+
+    offline_before = (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE)
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    task = load_hf_task("sst2", cache_dir=str(cache), n_train=10)
+    assert (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE) == offline_before
+    assert task.labels == ("negative", "positive") and len(task.train) == 10 and len(task.test) == 12
+    for ex in task.train + task.test:
+        split, number = re.fullmatch(r"(train|validation) sentence number (\d+)", ex["input"]).groups()
+        assert ex["target"] == ("positive" if int(number) % 2 else "negative")
+        assert split == ("train" if ex in task.train else "validation")  # SST-2's test split is validation
+    assert {ex["input"] for ex in task.test} == {f"validation sentence number {i}" for i in range(12)}
+
+
+# ---- bad inputs ----------------------------------------------------------------------------------
+
+
+def _missing_values() -> list:
+    np = pytest.importorskip("numpy")
+    pd = pytest.importorskip("pandas")
+    return [float("nan"), np.nan, np.float32("nan"), pd.NA, pd.NaT, None]
+
+
+@pytest.mark.parametrize("column", ["input", "target"])
+@pytest.mark.parametrize("index", range(6))
+def test_missing_values_are_refused_not_turned_into_text(column, index):
+    value = _missing_values()[index]
+    records = _records(10)
+    records[3] = {**records[3], column: value}
+    with pytest.raises(TaskError, match=rf"example 3 '{column}' is a missing value .*dropna") as err:
+        Task.from_records("bad", records, "classification", labels=("yes", "no"))
+    assert "drop or fill" in str(err.value)
+    train = [{"input": "a", "target": "x"}, {"input": "b", "target": "y"}]
+    with pytest.raises(TaskError, match="missing value"):
+        Task("bad", "generation", "{input}", train, [{"input": "c", column: value, **{
+            k: "z" for k in ("input", "target") if k != column}}])
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+def test_non_finite_numbers_are_refused(value):
+    records = _records(10, labels=("1", "2"))
+    records[0] = {"input": value, "target": "1"}
+    with pytest.raises(TaskError, match=r"example 0 'input' is the non-finite number -?inf.*drop that row"):
+        Task.from_records("bad", records, "classification", labels=("1", "2"))
+
+
+def test_missing_value_in_a_dataframe_is_refused():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"text": [f"row {i}" for i in range(8)], "label": ["yes", "no"] * 4})
+    frame.loc[5, "label"] = None  # pandas stores it as NaN in an object column of a float-less frame
+    with pytest.raises(TaskError, match="example 5 'label' is a missing value"):
+        Task.from_records("df", frame.to_dict("records"), "classification", labels=("yes", "no"),
+                          input_key="text", target_key="label")
+
+
+def test_finite_numbers_become_their_text():
+    np = pytest.importorskip("numpy")
+    records = [{"input": np.int64(i), "target": float(i) / 2} for i in range(1, 7)]
+    task = Task.from_records("numbers", records, "generation")
+    assert sorted((ex["input"], ex["target"]) for ex in task.train + task.test) == [
+        ("1", "0.5"), ("2", "1.0"), ("3", "1.5"), ("4", "2.0"), ("5", "2.5"), ("6", "3.0")]
+    with pytest.raises(TaskError, match="must be a string, got bool"):
+        Task.from_records("bools", [{"input": True, "target": "x"}] * 2, "generation")
+
+
+def test_one_input_under_two_labels_is_refused():
+    records = _records(10) + [{"input": "example number 4", "target": "no"}]  # example 4 is "yes" in _records
+    with pytest.raises(TaskError, match="'example number 4' is listed under two different labels, 'yes' and 'no'"):
+        Task.from_records("conflict", records, "classification", labels=("yes", "no"))
+    # across the splits of a directly built task too (it used to drop the test copy silently)
+    with pytest.raises(TaskError, match="'b' is listed under two different labels, 'no' and 'yes'"):
+        Task("conflict", "classification", "{input}", [{"input": "a", "target": "yes"}, {"input": "b", "target": "no"}],
+             [{"input": "b", "target": "yes"}, {"input": "c", "target": "no"}], labels=("yes", "no"))
+
+
+def test_identical_duplicates_are_dropped_and_generation_keeps_several_references():
+    records = _records(10)
+    task = Task.from_records("dups", records + records[:4], "classification", labels=("yes", "no"))
+    assert sorted(ex["input"] for ex in task.train + task.test) == sorted(r["input"] for r in records)
+    refs = [{"input": f"q{i}", "target": f"a{i}"} for i in range(6)] + [{"input": "q0", "target": "another a0"}]
+    gen = Task.from_records("refs", refs, "generation")
+    where = [("train" if ex in gen.train else "test", ex["target"]) for ex in gen.train + gen.test
+             if ex["input"] == "q0"]
+    assert sorted(t for _, t in where) == ["a0", "another a0"] and len({s for s, _ in where}) == 1
+
+
+# ---- as_task -------------------------------------------------------------------------------------
+
+
+def test_as_task_accepts_a_task_or_a_name():
+    task = Task.from_records("as_task_demo", _records(6), "classification", labels=("yes", "no"))
+    assert as_task(task) is task
+    assert as_task("antonym") is get_task("antonym")
+    with pytest.raises(TaskError, match="Did you mean 'antonym'"):
+        as_task("antonymm")
+    for bad in (None, 3, ["antonym"], {"input": "x"}):
+        with pytest.raises(TaskError, match=f"expected a Task or a task name, got {type(bad).__name__}"):
+            as_task(bad)
+
+
+def test_entry_points_refuse_a_non_task(tiny_model):
+    with pytest.raises(TaskError, match="expected a Task or a task name, got int"):
+        nrnlib.evaluate(tiny_model, 42, progress=False)
+    with pytest.raises(TaskError, match="expected a Task or a task name, got list"):
+        nrnlib.last_token_states(tiny_model, ["antonym"], progress=False)
+    with pytest.raises(TaskError, match="Did you mean 'tweet_sentiment'"):
+        nrnlib.evaluate(tiny_model, "tweet_sentimnt", progress=False)
+
+
+# ---- multi-token label words through every entry point -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def long_label_task() -> Task:
+    recs = [{"input": f"Is {n} even?", "target": "yes" if n % 2 == 0 else "supercalifragilistic"} for n in range(12)]
+    return Task.from_records("long_label", recs, "classification", labels=("yes", "supercalifragilistic"),
+                             instruction="Question: {input}\nAnswer yes or supercalifragilistic.")
+
+
+LONG_LABEL = r"task 'long_label': label words must be exactly one token .*'supercalifragilistic' -> \d+ tokens"
+
+
+def test_attribute_refuses_a_multi_token_label(tiny_model, long_label_task):
+    with pytest.raises(TaskError, match=LONG_LABEL) as err:
+        nrnlib.attribute(tiny_model, long_label_task, n_examples=4, cache=False, progress=False)
+    assert "choose other words" in str(err.value) and "'yes'" not in str(err.value).split("but")[1]
+
+
+def test_finetune_refuses_a_multi_token_label_and_moves_nothing(tiny_model, long_label_task):
+    before = {name: p.detach().clone() for name, p in tiny_model.named_parameters()}
+    with pytest.raises(TaskError, match=LONG_LABEL):
+        nrnlib.finetune(tiny_model, [long_label_task], steps=2, progress=False)
+    assert all(torch.equal(p, before[name]) for name, p in tiny_model.named_parameters())
+
+
+def test_evaluate_and_states_refuse_a_multi_token_label(tiny_model, long_label_task):
+    with pytest.raises(TaskError, match="'supercalifragilistic' -> \\d+ tokens"):
+        nrnlib.evaluate(tiny_model, long_label_task, progress=False)
+    with pytest.raises(TaskError, match=LONG_LABEL):
+        nrnlib.last_token_states(tiny_model, long_label_task, progress=False)
+
+
+def test_label_check_is_memoized_per_tokenizer_task_and_labels(tiny_model, monkeypatch):
+    calls = []
+    real = encoding.label_token_ids
+
+    def counting(tokenizer, labels):
+        calls.append(tuple(labels))
+        return real(tokenizer, labels)
+
+    monkeypatch.setattr(encoding, "label_token_ids", counting)
+    recs = [{"input": f"Is {n} even?", "target": "yes" if n % 2 == 0 else "no"} for n in range(8)]
+    task = Task.from_records("memo_check_task", recs, "classification", labels=("yes", "no"))
+    for _ in range(3):
+        encoding.encode_examples(tiny_model, task, task.test)
+    assert calls == [("yes", "no")]  # once, not once per example or per call
+    swapped = Task.from_records("memo_check_task", recs, "classification", labels=("no", "yes"))
+    encoding.encode_examples(tiny_model, swapped, swapped.test)
+    assert calls == [("yes", "no"), ("no", "yes")]  # other labels: checked again
+    generation = Task.from_records("memo_check_gen", recs, "generation")
+    encoding.encode_examples(tiny_model, generation, generation.test)
+    assert len(calls) == 2  # nothing to check for a generation task
+
+
+# ---- Task.digest ---------------------------------------------------------------------------------
+
+
+def _digest_base(**changes) -> Task:
+    fields = {"name": "digest_demo", "category": "classification", "instruction": "Q: {input}\nA: yes or no.",
+              "train": [{"input": "a", "target": "yes"}, {"input": "b", "target": "no"}],
+              "test": [{"input": "c", "target": "no"}, {"input": "d", "target": "yes"}],
+              "labels": ("yes", "no")}
+    return Task(**(fields | changes))
+
+
+def test_digest_is_short_hex_and_stable():
+    task = _digest_base()
+    assert re.fullmatch(r"[0-9a-f]{16}", task.digest())
+    assert task.digest() == _digest_base().digest()  # equal tasks, equal digests
+    assert task.digest() == task.digest(task.train + task.test)  # default: all train then test examples
+    assert task.digest() == _digest_base(description="other words", source="elsewhere", licence="x").digest()
+
+
+def test_digest_changes_with_every_key_input():
+    task = _digest_base()
+    demo = [{"input": "a", "target": "yes"}]
+    d = {"input": "d", "target": "yes"}
+    digests = {
+        "base": task.digest(),
+        "instruction": _digest_base(instruction="Question: {input}\nA: yes or no.").digest(),
+        "labels": _digest_base(labels=("yes", "no", "maybe")).digest(),
+        "label order": _digest_base(labels=("no", "yes")).digest(),
+        "example input": _digest_base(test=[{"input": "c!", "target": "no"}, d]).digest(),
+        "example target": _digest_base(test=[{"input": "c", "target": "yes"}, d]).digest(),
+        "extra field": _digest_base(test=[{"input": "c", "target": "no", "id": 1}, d]).digest(),
+        "name": _digest_base(name="digest_demo2").digest(),
+        "role": _digest_base(role="heldout").digest(),
+        "max_new_tokens": _digest_base(max_new_tokens=17).digest(),
+        "subset": task.digest(task.test),
+        "order": task.digest(task.test[::-1]),
+        "demonstration": task.digest(task.test, demonstrations=demo),
+        "other demonstration": task.digest(task.test, demonstrations=[{"input": "b", "target": "no"}]),
+    }
+    assert len(set(digests.values())) == len(digests), digests
+    with pytest.raises(TaskError, match="sequence of example dicts"):
+        task.digest(task.test[0])
+    with pytest.raises(TaskError, match=r"demonstrations\[0\] is a str"):
+        task.digest(demonstrations=["a"])

@@ -3,7 +3,7 @@
 Every reader returns plain Python data, is deterministic (files are read in sorted order) and is cached
 in-process. Package data files are located through ``importlib.metadata`` (never an absolute
 site-packages path, and without importing the package: some of them print or load on import).
-A missing source raises :class:`SourceUnavailable`; :mod:`nrnlib.tasks` turns it into a ``TaskError``.
+A missing source raises :class:`SourceUnavailable`; :func:`nrnlib.tasks.get_task` turns it into a ``TaskError``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,92 @@
+"""The verdicts of notebooks 00 and 01, through ``nrnlib.claims`` (statistic, bootstrap 95% CI,
+threshold fixed here before the run). Kept apart from the experiment modules whose code keys the
+cache (``nrnlib.store.code_digest``), so editing a verdict never invalidates a computed result."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from nrnlib.claims import Claim, bootstrap_ci, make_claim, off_diagonal_mean_ci, tally_claim
+from nrnlib.profiles import Profile
+
+MARGIN = 0.10
+_METRICS = {"calibrated": ("calibrated_correct", "calibrated_accuracy", "ours.foundation.above_chance"),
+            "plain": ("correct", "accuracy", "ours.foundation.above_chance_plain")}
+
+
+def suite_claims(table: pd.DataFrame, profile: Profile | str) -> list[Claim]:
+    """The foundation's claims from ``zero_and_few_shot_table``: per classification task and for
+    each of plain and calibrated accuracy, in the task's better setting (zero- or few-shot, by the
+    point estimate), the statistic ``mean_i(correct_i) − chance`` (``chance`` = majority-class rate
+    of the scored examples, held fixed) with its bootstrap 95% CI over the test examples, against
+    ``MARGIN`` = 0.10; then per metric the summary "above chance + 0.10 on at least ⌈2/3⌉ of the
+    tasks" (4 of 6), decided from the per-task verdicts (:func:`nrnlib.claims.tally_claim`).
+
+    Caveats, said in the notebook: the better setting is picked on the same examples, and Batch
+    Calibration's mean is not recomputed inside each resample."""
+    cls = table[table.category == "classification"]
+    if cls.empty:
+        raise ValueError("suite_claims: the table has no classification tasks")
+    if "per_example" not in cls or cls.per_example.isna().any():
+        raise ValueError("suite_claims: the table has no per-example values; rebuild it with zero_and_few_shot_table")
+    out: list[Claim] = []
+    for label, (key, metric, id) in _METRICS.items():
+        per_task = []
+        for task, rows in cls.groupby("task", sort=False):
+            best = rows.loc[rows[metric].idxmax()]
+            values = np.asarray(best.per_example[key], dtype=float) - float(best.chance)
+            per_task.append(make_claim(
+                f"{id}.per_task", paper="ours", statement=f"{metric} is above chance + {MARGIN:.2f}",
+                paper_value="-", statistic=f"{metric} - chance ({best.chance:.3f}), {best.setting}",
+                estimate=bootstrap_ci(values), threshold=MARGIN, direction=">", unit="test examples", scope=task,
+                notebook="00_model_and_tasks", figure="00_zero_few_shot", profile=profile))
+        at_least = math.ceil(2 * len(per_task) / 3)
+        out += per_task + [tally_claim(
+            id, per_task, at_least, paper="ours", scope=f"classification tasks, {label} accuracy, better setting",
+            statement=f"{metric} above chance + {MARGIN:.2f} on at least {at_least} of {len(per_task)} "
+                      f"classification tasks", paper_value="-", notebook="00_model_and_tasks",
+            figure="00_zero_few_shot", profile=profile)]
+    return out
+
+
+def detection_claims(
+    stability: pd.DataFrame, ious: Mapping[str, pd.DataFrame], k: float, profile: Profile | str
+) -> list[Claim]:
+    """Notebook 01's claims, each with a bootstrap 95% CI over the *tasks* (the units resampled):
+
+    - ``ours.detection.stability`` (per selection): ``mean_t IoU(S_t^A, S_t^B)`` at the largest
+      half size of ``stability_table`` > ``k/(2−k)``, the expected IoU of two random sets of ``k``;
+    - ``ours.detection.specific_overlap``: ``mean_{s≠t} [IoU_plain(s,t) − IoU_specific(s,t)]`` > 0,
+      the off-diagonal IoU paired by task pair (``ious`` keyed ``"plain"`` and ``"specific"``, same
+      task order), resampling tasks (:func:`nrnlib.claims.off_diagonal_mean_ci`);
+    - ``ours.detection.plain_shared`` (supporting): ``mean_{s≠t} IoU_plain(s,t)`` > ``k/(2−k)``."""
+    chance = k / (2 - k)
+    largest = stability[stability.chunks_per_half == stability.chunks_per_half.max()]
+    common = dict(paper="ours", paper_value="-", notebook="01_detect_task_neurons", profile=profile)
+    out = []
+    for selection, rows in largest.groupby("selection", sort=False):
+        m = int(rows.chunks_per_half.iloc[0])
+        out.append(make_claim(
+            "ours.detection.stability", statement="a task's neuron set found on one half of the data agrees with "
+            "the set found on the other half more than two random sets do", figure="01_stability",
+            statistic=f"mean over tasks of half-vs-half IoU ({m} chunks per half)", estimate=bootstrap_ci(rows.iou),
+            threshold=chance, direction=">", unit="tasks", scope=f"{selection} top-{k:.0%}", **common))
+    plain, specific = ious["plain"], ious["specific"]
+    if list(plain.index) != list(specific.index) or list(plain.columns) != list(specific.columns):
+        raise ValueError("detection_claims: the plain and specific IoU matrices must list the same tasks in order")
+    out.append(make_claim(
+        "ours.detection.specific_overlap", statement="specificity-aware sets overlap less across tasks than "
+        "plain top-k sets", figure="01_iou_heatmap",
+        statistic="mean over task pairs of IoU(plain) - IoU(specific), paired by pair",
+        estimate=off_diagonal_mean_ci(plain.to_numpy(float) - specific.to_numpy(float)), threshold=0.0,
+        direction=">", unit="tasks", scope=f"top-{k:.0%}, all task pairs", **common))
+    out.append(make_claim(
+        "ours.detection.plain_shared", statement="plain top-k sets of two different tasks overlap more than "
+        "random sets", figure="01_iou_heatmap", statistic="mean over task pairs of IoU(plain)",
+        estimate=off_diagonal_mean_ci(plain.to_numpy(float)), threshold=chance, direction=">", unit="tasks",
+        scope=f"plain top-{k:.0%}, all task pairs", **common))
+    return out

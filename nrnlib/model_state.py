@@ -1,0 +1,167 @@
+"""Everything about a model's parameter state, in one place.
+
+- ``eval_mode``, ``frozen_parameters``, ``restored_after``: context managers that change the model
+  inside a block and put it back exactly on exit (also after an exception);
+- ``unique_parameters``: the parameters without repeats (tied embeddings once);
+- ``model_fingerprint``: the identity of the weights **and** the tokenizer + chat template (a cache
+  key: any training step or edited weight changes it);
+- ``model_identity``: the identity of the architecture and tokenizer only (which model a
+  ``NeuronSet`` belongs to: fine-tuning keeps it, another model of the same shape does not);
+- ``attached_hooks``: the hooks on the model now (a result computed under hooks is not the model's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from transformer_lens import TransformerBridge
+
+_VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "name_or_path", "dtype", "torch_dtype")
+
+
+@contextlib.contextmanager
+def eval_mode(model: TransformerBridge) -> Iterator[None]:
+    """Eval mode (no dropout) inside the block. Toggling is skipped when the model is already in
+    eval mode: the bridge's ``train()`` walks every module (about 0.25 s on SmolLM2, 2 CPU cores)."""
+    if not model.training:
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(True)
+
+
+def unique_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters without repeats (tied embeddings appear once)."""
+    seen, params = set(), []
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            params.append(p)
+    return params
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Set ``requires_grad=False`` on every parameter; restore the flags on exit (also on error)."""
+    params = unique_parameters(model)
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def restored_after(model: nn.Module) -> Iterator[None]:
+    """Within the block the model may be trained or edited; on exit (also after an exception) every
+    parameter is copied back from a snapshot taken on entry, bit-exactly, and ``eval()`` is set.
+    Lets one loaded model serve every arm of a comparison."""
+    params = unique_parameters(model)
+    with torch.no_grad():
+        snapshot = [p.detach().clone() for p in params]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, saved in zip(params, snapshot, strict=True):
+                p.copy_(saved)
+        model.eval()
+
+
+def _config(model: TransformerBridge) -> dict:
+    config = dict(getattr(model, "original_model", model).config.to_dict())
+    for volatile in _VOLATILE_CONFIG:
+        config.pop(volatile, None)
+    return config
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """Digest of what turns text into ids: the vocabulary, special tokens and the chat template."""
+    if tokenizer is None:
+        return "no-tokenizer"
+    parts = {
+        "class": type(tokenizer).__name__,
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "padding_side": getattr(tokenizer, "padding_side", None),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _tokenizer_digest_cached(model: TransformerBridge) -> str:
+    """The tokenizer digest, computed once per tokenizer object (the vocabulary is 49k entries)."""
+    tok = getattr(model, "tokenizer", None)
+    cached = getattr(tok, "_nrnlib_digest", None)
+    if cached is None:
+        cached = tokenizer_digest(tok)
+        if tok is not None:
+            with contextlib.suppress(AttributeError):
+                tok._nrnlib_digest = cached
+    return cached
+
+
+def model_identity(model: TransformerBridge) -> str:
+    """Which model this is, whatever its current weights: name, architecture config and tokenizer.
+
+    Fine-tuning keeps the identity; a different model of the same shape has another one. A
+    ``NeuronSet`` records it, so a set found on one model is not silently used on another.
+    """
+    blob = json.dumps([getattr(model.cfg, "model_name", None), _config(model), _tokenizer_digest_cached(model)],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def model_fingerprint(model: TransformerBridge) -> str:
+    """Identity of a model's architecture, tokenizer + chat template, and current weights (a cache key).
+
+    The identity (``model_identity``) plus the dtype and the sum and L2 norm of every parameter
+    tensor: any fine-tuning step, even of a few neurons, changes it, so a fine-tuned model never
+    reuses a cache entry of its base model. One read of the weights, reduced on their device.
+    """
+    with torch.no_grad():
+        params = unique_parameters(model)
+        stats = [p.sum(dtype=torch.float32) for p in params] + [
+            torch.linalg.vector_norm(p, dtype=torch.float32) for p in params
+        ]
+        weights = torch.stack([x.to(params[0].device) for x in stats]).double().cpu().tolist()
+    blob = json.dumps([model_identity(model), str(params[0].dtype), weights], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def attached_hooks(model: nn.Module) -> list[str]:
+    """Names of the modules that carry a user's hook now: TransformerLens hook points with forward or
+    backward hooks (``model.hooks(...)``, ``deactivate``), and plain torch hooks added to any module
+    (``register_forward_hook`` ...), plus ``"<global>"`` for torch's global module hooks. The
+    bridge's own internal hooks (functions of ``transformer_lens``, e.g. the layer-norm capture hooks
+    it wires on first use) are not counted."""
+    from torch.nn.modules import module as torch_module
+
+    found = []
+    for name, m in model.named_modules():
+        if getattr(m, "fwd_hooks", None) or getattr(m, "bwd_hooks", None):
+            found.append(name or "<root>")
+            continue
+        hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values(), *m._backward_hooks.values(),
+                 *getattr(m, "_backward_pre_hooks", {}).values()]
+        if any(not str(getattr(h, "__module__", "") or "").startswith("transformer_lens") for h in hooks):
+            found.append(name or "<root>")
+    for attr in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"):
+        if getattr(torch_module, attr, None):
+            found.append("<global>")
+            break
+    return found
