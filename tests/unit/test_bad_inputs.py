@@ -411,3 +411,15 @@ def test_browser_path_pointing_nowhere(monkeypatch, tmp_path, where):
     with pytest.warns(BrowserPathWarning, match="BROWSER_PATH"), pytest.warns(UserWarning, match="HTML only"):
         written = save_figure(go.Figure(), "fig", formats=("png", "html"))
     assert [p.name for p in written] == ["fig.html"]
+
+
+def test_attribute_and_evaluate_take_a_task_name(tiny_model):
+    """A task passed by name is resolved with get_task (it used to crash deep inside)."""
+    import nrnlib
+    from nrnlib.tasks import TaskError, get_task
+
+    by_name = nrnlib.attribute(tiny_model, "word_polarity", n_examples=2, progress=False, cache=False)
+    by_task = nrnlib.attribute(tiny_model, get_task("word_polarity"), n_examples=2, progress=False, cache=False)
+    assert torch.equal(by_name, by_task)
+    with pytest.raises(TaskError, match="no_such_task|Unknown|unknown"):
+        nrnlib.attribute(tiny_model, "no_such_task", n_examples=2, progress=False, cache=False)
