@@ -92,19 +92,28 @@ def reproduce(profile_name: str | None, only: list[str] | None) -> None:
 
     if store.figures_dir().resolve() == (store.REPO_ROOT / "figures").resolve():  # not for NRN_FIGURES elsewhere
         scorecard.main(check=False, output=None)  # REPRODUCTION.md follows the results just written
+    from nrnlib.gallery import build_gallery
+
+    print(f"Gallery: {build_gallery()}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int | None:
     parser = argparse.ArgumentParser(prog="python -m nrnlib")
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("reproduce", help="execute every notebook under a profile")
     rep.add_argument("--profile", choices=["smoke", "standard", "full"], default=None)
     rep.add_argument("--only", nargs="*", help="notebook prefixes, e.g. 00 02")
     rep.add_argument("--dry-run", action="store_true", help="print the plan and check every size; run nothing")
+    sub.add_parser("gallery", help="write figures/index.html: every figure, offline, with its caption")
     card = sub.add_parser("scorecard", help="write REPRODUCTION.md from figures/results/*.json")
     card.add_argument("--check", action="store_true", help="write nothing; exit 1 if REPRODUCTION.md is out of date")
     card.add_argument("--output", type=Path, default=None, help="where to write (default: REPRODUCTION.md)")
     args = parser.parse_args(argv)
+    if args.command == "gallery":
+        from nrnlib.gallery import build_gallery
+
+        print(f"wrote {build_gallery()}")
+        return 0
     if args.command == "scorecard":
         from nrnlib import scorecard
 

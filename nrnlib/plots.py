@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from nrnlib.store import figures_dir, git_commit
+from nrnlib.store import figures_dir, git_commit, write_text_atomic
 
 TEMPLATE = "plotly_white"
 _CHROME_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
@@ -53,8 +54,6 @@ def _use_png_renderer() -> None:
     ``python -m nrnlib reproduce``), when a browser for kaleido is found."""
     browser = _find_browser()
     if browser is not None:
-        import plotly.io as pio
-
         os.environ.setdefault("BROWSER_PATH", browser)
         pio.renderers.default = "plotly_mimetype+png"
 
@@ -84,14 +83,20 @@ def save_figure(fig: go.Figure, name: str, formats: Sequence[str] = ("png", "svg
     """Write ``fig`` as ``figures/{name}.{png,svg,html}``, captioned with its profile (default:
     ``$NRN_PROFILE`` or the device's default) and commit (``stamp_provenance``); static formats need
     a Chrome (kaleido). Without one, writes the HTML only and warns with the install command.
+
+    The HTML works offline (``plotly.min.js`` is written once beside it), and the figure's JSON goes
+    to ``figures/json/{name}.json`` for the gallery (``nrnlib.gallery``).
     """
     stamp_provenance(fig, profile)
     out, written = figures_dir(), []
     static = [f for f in formats if f != "html"]
     if "html" in formats:
         path = out / f"{name}.html"
-        fig.write_html(path, include_plotlyjs="cdn")
+        fig.write_html(path, include_plotlyjs="directory")
         written.append(path)
+    fig_json = fig.to_plotly_json()
+    fig_json["layout"] = {**fig_json.get("layout", {}), "width": width, "height": height}
+    written.append(write_text_atomic(out / "json" / f"{name}.json", pio.to_json(fig_json)))
     if static:
         browser = _find_browser()
         if browser is None:
