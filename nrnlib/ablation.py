@@ -22,6 +22,7 @@ import contextlib
 import sys
 import warnings
 from collections.abc import Iterator
+from types import FrameType
 
 import torch
 from jaxtyping import Bool
@@ -156,6 +157,17 @@ def deactivate(
     is restored exactly on exit, also after an exception. Arguments are checked at the call; the
     set must fit the model (shape, and the model it was found on, unless ``allow_other_model``).
     """
-    caller = sys._getframe(1)
+    caller = _past_wrappers(sys._getframe(1))
     return Deactivation(model, neurons, mode, include_inputs, allow_other_model,
                         origin=(caller.f_code.co_filename, caller.f_lineno))
+
+
+_WRAPPER_MODULES = ("jaxtyping", "beartype")  # runtime type checkers that wrap nrnlib's functions (tests)
+
+
+def _past_wrappers(frame: FrameType) -> FrameType:
+    """``frame``, or the first frame above it that is not a runtime type checker's wrapper (the test
+    suite runs nrnlib under jaxtyping + beartype, ``NRN_TYPECHECK=1``): the caller's own line."""
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _WRAPPER_MODULES:
+        frame = frame.f_back
+    return frame

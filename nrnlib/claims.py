@@ -33,7 +33,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
-from jaxtyping import Float
+from jaxtyping import Float, Real
 
 DIRECTIONS = (">", "<")
 VERDICTS = ("holds", "does not hold", "inconclusive")
@@ -44,6 +44,8 @@ LEVEL = 0.95
 SEED = 0
 
 Statistic = Callable[..., Any]  # numpy-style reduction: statistic(x, axis=tuple_of_axes) -> array
+# Values may also come as lists, which numpy turns into a [unit] or [seed, example] array (any real dtype).
+UnitLists = Sequence[float] | Sequence[Sequence[float]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,8 +262,8 @@ def _method(shape: tuple[int, ...], n_boot: int, level: float, seed: int, design
 
 
 def bootstrap_distribution(
-    values: Float[np.ndarray, "*units"], statistic: Statistic = np.mean, *, n_boot: int = N_BOOT, seed: int = SEED,
-    design: str = "nested",
+    values: Real[np.ndarray, "*units"] | UnitLists, statistic: Statistic = np.mean, *, n_boot: int = N_BOOT,
+    seed: int = SEED, design: str = "nested",
 ) -> Float[np.ndarray, " n_boot"]:
     """``statistic`` on ``n_boot`` resamples of ``values`` ([unit] or [seed, example]).
 
@@ -277,7 +279,7 @@ def bootstrap_distribution(
 
 
 def bootstrap_ci(
-    values: Float[np.ndarray, "*units"], statistic: Statistic = np.mean, *, n_boot: int = N_BOOT,
+    values: Real[np.ndarray, "*units"] | UnitLists, statistic: Statistic = np.mean, *, n_boot: int = N_BOOT,
     level: float = LEVEL, seed: int = SEED, design: str = "nested",
 ) -> Estimate:
     """``statistic(values)`` and its percentile-bootstrap CI over the units (module docstring)."""
@@ -297,8 +299,8 @@ def _pair(a: Any, b: Any, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarra
 
 
 def paired_difference_ci(
-    a: Float[np.ndarray, "*units"], b: Float[np.ndarray, "*units"], *, n_boot: int = N_BOOT, level: float = LEVEL,
-    seed: int = SEED, design: str = "nested",
+    a: Real[np.ndarray, "*units"] | UnitLists, b: Real[np.ndarray, "*units"] | UnitLists, *, n_boot: int = N_BOOT,
+    level: float = LEVEL, seed: int = SEED, design: str = "nested",
 ) -> Estimate:
     """``mean(a − b)`` over units shared by two arms, resampled together (paired)."""
     a, b = _pair(a, b, ("a", "b"))
@@ -321,8 +323,8 @@ def _two_arm_means(num: Any, den: Any, paired: bool, n_boot: int, seed: int, des
 
 
 def scaled_difference_ci(
-    num: Float[np.ndarray, "*units"], den: Float[np.ndarray, "*units"], factor: float, *, paired: bool = True,
-    n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED, design: str = "nested",
+    num: Real[np.ndarray, "*num_units"] | UnitLists, den: Real[np.ndarray, "*den_units"] | UnitLists, factor: float,
+    *, paired: bool = True, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED, design: str = "nested",
 ) -> Estimate:
     """``mean(num) − factor · mean(den)``: "num is at least ``factor`` times den" as a margin above 0.
 
@@ -338,8 +340,8 @@ def scaled_difference_ci(
 
 
 def ratio_of_means_ci(
-    num: Float[np.ndarray, "*units"], den: Float[np.ndarray, "*units"], *, paired: bool = True, n_boot: int = N_BOOT,
-    level: float = LEVEL, seed: int = SEED, design: str = "nested",
+    num: Real[np.ndarray, "*num_units"] | UnitLists, den: Real[np.ndarray, "*den_units"] | UnitLists, *,
+    paired: bool = True, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED, design: str = "nested",
 ) -> Estimate:
     """``mean(num) / mean(den)`` (e.g. own-set drop over random-set drop, for "≥ 3× random").
 
@@ -374,8 +376,8 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def correlation_ci(
-    x: Float[np.ndarray, " unit"], y: Float[np.ndarray, " unit"], method: str = "spearman", *, n_boot: int = N_BOOT,
-    level: float = LEVEL, seed: int = SEED,
+    x: Real[np.ndarray, " unit"] | Sequence[float], y: Real[np.ndarray, " unit"] | Sequence[float],
+    method: str = "spearman", *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED,
 ) -> Estimate:
     """Spearman (Pearson on average ranks) or Pearson correlation of paired ``(x_i, y_i)``, with the
     percentile CI of resampled pairs (resamples where x or y is constant are left out; > 10% is an error)."""
@@ -396,7 +398,8 @@ def correlation_ci(
 
 
 def off_diagonal_mean_ci(
-    matrix: Float[np.ndarray, "unit unit"], *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = SEED,
+    matrix: Real[np.ndarray, "unit unit"] | Sequence[Sequence[float]], *, n_boot: int = N_BOOT,
+    level: float = LEVEL, seed: int = SEED,
 ) -> Estimate:
     """Mean of ``M[i, j]`` over pairs of different units ``i ≠ j`` (e.g. IoU between two tasks'
     sets, or a paired difference of two such matrices), with a CI from resampling the *units*: a

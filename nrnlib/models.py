@@ -273,7 +273,7 @@ def _check_reachable_or_cached(name: str, timeout_s: float = 3.0) -> None:
 def load_model(
     name: str = DEFAULT_MODEL,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
     seed: int = 0,
 ):
     """Load ``name`` as a TransformerBridge in eval mode.

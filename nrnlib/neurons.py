@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import SupportsIndex
 
 import torch
 from jaxtyping import Bool, Int
@@ -253,9 +254,10 @@ class NeuronSet:
 
     @classmethod
     def from_indices(
-        cls, n_layers: int, d_mlp: int, indices: Mapping[int, Iterable[int]], name: str = ""
+        cls, n_layers: int, d_mlp: int, indices: Mapping[SupportsIndex, Iterable[SupportsIndex]], name: str = ""
     ) -> NeuronSet:
-        """A set from ``{layer: [neuron, ...]}``. Raises ``NeuronIndexError`` (an ``IndexError``) on
+        """A set from ``{layer: [neuron, ...]}``: any integers (``int``, numpy integers, integer tensors;
+        a ``range``, an array or a tensor of neurons). Raises ``NeuronIndexError`` (an ``IndexError``) on
         out-of-range entries and ``NeuronIndexTypeError`` (a ``TypeError``) on non-integer ones."""
         n_layers, d_mlp = _index(n_layers, "n_layers"), _index(d_mlp, "d_mlp")
         if n_layers < 1 or d_mlp < 1:

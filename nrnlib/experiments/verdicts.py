@@ -73,8 +73,9 @@ def detection_claims(
         out.append(make_claim(
             "ours.detection.stability", statement="a task's neuron set found on one half of the data agrees with "
             "the set found on the other half more than two random sets do", figure="01_stability",
-            statistic=f"mean over tasks of half-vs-half IoU ({m} chunks per half)", estimate=bootstrap_ci(rows.iou),
-            threshold=chance, direction=">", unit="tasks", scope=f"{selection} top-{k:.0%}", **common))
+            statistic=f"mean over tasks of half-vs-half IoU ({m} chunks per half)",
+            estimate=bootstrap_ci(rows.iou.to_numpy(float)), threshold=chance, direction=">", unit="tasks",
+            scope=f"{selection} top-{k:.0%}", **common))
     plain, specific = ious["plain"], ious["specific"]
     if list(plain.index) != list(specific.index) or list(plain.columns) != list(specific.columns):
         raise ValueError("detection_claims: the plain and specific IoU matrices must list the same tasks in order")

@@ -42,7 +42,7 @@ def _is_missing(value: Any) -> bool:
     """``None``, NaN (float, numpy) and pandas' ``NA`` / ``NaT``: the usual spellings of a missing cell."""
     if value is None or type(value).__name__ in ("NAType", "NaTType"):
         return True
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value != value  # NaN != NaN
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(value != value)  # NaN != NaN
 
 
 def _as_text(value: Any, what: str) -> str:
@@ -121,13 +121,16 @@ class Task:
     (single-token answer words; see :func:`check_label_tokens`), every target is one of them, and an input
     may not appear under two different labels (anywhere in train or test). Examples of ``test`` whose input
     also occurs in ``train`` are dropped on construction.
+
+    ``train`` and ``test`` may be given as any sequences of example mappings (e.g. lists of dicts); they are
+    stored as tuples of dicts.
     """
 
     name: str
     category: str
     instruction: str
-    train: tuple[dict, ...] = field(repr=False)
-    test: tuple[dict, ...] = field(repr=False)
+    train: Sequence[Mapping] = field(repr=False)
+    test: Sequence[Mapping] = field(repr=False)
     labels: tuple[str, ...] = ()
     role: str = "custom"
     source: str = ""

@@ -101,9 +101,13 @@ def test_validation(tiny_model):
     with pytest.raises(ValueError, match="mode"):
         with deactivate(tiny_model, _neurons(tiny_model), mode="weights"):
             pass
-    with pytest.raises(TypeError, match="NeuronSet"):
-        with deactivate(tiny_model, torch.zeros(3, 96, dtype=torch.bool)):
-            pass
     base = _logits(tiny_model)
     with deactivate(tiny_model, NeuronSet.empty(tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp), mode="parameter"):
         assert torch.equal(_logits(tiny_model), base)
+
+
+@pytest.mark.wrong_type
+def test_neurons_must_be_a_neuron_set(tiny_model):
+    with pytest.raises(TypeError, match="NeuronSet"):
+        with deactivate(tiny_model, torch.zeros(3, 96, dtype=torch.bool)):
+            pass

@@ -227,15 +227,19 @@ def test_select_neurons_ties_go_to_lower_index():
     assert S.select_neurons(scores, k=0.4, scope="layer").indices(1).tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("k", [0, -0.1, 1.5, float("nan"), "0.1", True])
+@pytest.mark.parametrize("k", [0, -0.1, 1.5, float("nan"), pytest.param("0.1", marks=pytest.mark.wrong_type), True])
 def test_select_neurons_rejects_bad_k(k):
     with pytest.raises(ValueError, match="k"):
         S.select_neurons(torch.rand(2, 4), k=k)
 
 
-def test_select_neurons_rejects_bad_scope_and_shape():
+def test_select_neurons_rejects_bad_scope():
     with pytest.raises(ValueError, match="scope"):
         S.select_neurons(torch.rand(2, 4), scope="block")
+
+
+@pytest.mark.wrong_type  # 1-D scores, not the annotated [n_layers, d_mlp]
+def test_select_neurons_rejects_bad_shape():
     with pytest.raises(ValueError, match="n_layers"):
         S.select_neurons(torch.rand(8), k=0.5)
 

@@ -31,6 +31,8 @@ from nrnlib.representations import NonFiniteRepresentationError, last_token_stat
 from nrnlib.selection import select_neurons
 from nrnlib.tasks import TaskError
 
+WRONG_TYPE = pytest.mark.wrong_type  # a deliberately wrong type: checked without NRN_TYPECHECK (conftest.py)
+
 
 def _load(name, dtype=torch.float32):
     return load_model(name, device="cpu", dtype=dtype)
@@ -80,7 +82,10 @@ def test_select_neurons_refuses_non_finite_scores(bad):
         select_neurons(scores, k=0.1)
 
 
-@pytest.mark.parametrize("indices", [{0: [1.7]}, {1.0: [1]}, {0: torch.tensor([1.0, 2.0])}, {0: [True]}, {0: 3}])
+@pytest.mark.parametrize("indices", [pytest.param({0: [1.7]}, marks=WRONG_TYPE),
+                                     pytest.param({1.0: [1]}, marks=WRONG_TYPE),
+                                     {0: torch.tensor([1.0, 2.0])}, {0: [True]},
+                                     pytest.param({0: 3}, marks=WRONG_TYPE)])
 def test_from_indices_refuses_non_integer_indices(indices):
     with pytest.raises(NeuronIndexTypeError, match="must be (an int|ints|an iterable of ints), got"):
         NeuronSet.from_indices(3, 8, indices)
@@ -94,7 +99,7 @@ def test_from_indices_accepts_integer_types():
     assert s.indices(2).tolist() == [1, 7] and s.indices(0).tolist() == [0, 5] and s.count == 6
 
 
-@pytest.mark.parametrize("layer", [1.5, 1.0, True])
+@pytest.mark.parametrize("layer", [pytest.param(1.5, marks=WRONG_TYPE), pytest.param(1.0, marks=WRONG_TYPE), True])
 def test_indices_refuses_non_integer_layer(layer):
     s = NeuronSet.from_indices(3, 8, {1: [4]})
     with pytest.raises(NeuronIndexTypeError, match="layer must be an int"):
@@ -156,6 +161,10 @@ def test_deactivate_without_with_warns_and_changes_nothing(model):
 def test_deactivate_checks_arguments_at_the_call(model):
     with pytest.raises(NeuronSetError, match="MLP neurons"):
         deactivate(model, NeuronSet.empty(2, 5))  # no `with`: still refused at once
+
+
+@pytest.mark.wrong_type
+def test_deactivate_checks_the_type_of_include_inputs_at_the_call(model):
     with pytest.raises(TypeError, match="include_inputs"):
         deactivate(model, _neurons(model), mode="parameter", include_inputs="yes")
 
@@ -273,8 +282,8 @@ def test_cka_refuses_non_finite_representations(kind, bad):
 @pytest.mark.parametrize(("kw", "error", "match"), [
     ({"n": -1}, InvalidArgumentError, "n must be an int >= 1 or None, got -1"),
     ({"n": 0}, InvalidArgumentError, "n must be an int >= 1"),
-    ({"n": 2.5}, ArgumentTypeError, "n must be an int"),
-    ({"batch_size": 2.5}, ArgumentTypeError, r"batch_size must be an int >= 1, got 2\.5"),
+    pytest.param({"n": 2.5}, ArgumentTypeError, "n must be an int", marks=WRONG_TYPE),
+    pytest.param({"batch_size": 2.5}, ArgumentTypeError, r"batch_size must be an int >= 1, got 2\.5", marks=WRONG_TYPE),
     ({"batch_size": 0}, InvalidArgumentError, "batch_size must be an int >= 1"),
 ])
 def test_last_token_states_bad_counts(model, parity_task, kw, error, match):
@@ -290,6 +299,7 @@ def test_last_token_states_n_counts_examples(model, parity_task):
 # ---------------------------------------------------------------- errors from deep inside torch/stdlib
 
 
+@pytest.mark.wrong_type
 @pytest.mark.parametrize("entry", ["finetune", "evaluate", "last_token_states"])
 def test_float_batch_size_is_refused(model, parity_task, entry):
     call = {"finetune": lambda: finetune(model, parity_task, steps=1, batch_size=2.5, progress=False),
@@ -300,8 +310,10 @@ def test_float_batch_size_is_refused(model, parity_task, entry):
     assert issubclass(ArgumentTypeError, TypeError) and issubclass(InvalidArgumentError, ValueError)
 
 
-@pytest.mark.parametrize(("kw", "error"), [({"shots": -1}, InvalidArgumentError), ({"shots": 1.5}, ArgumentTypeError),
-                                           ({"n": 0}, InvalidArgumentError), ({"n": 2.5}, ArgumentTypeError)])
+@pytest.mark.parametrize(("kw", "error"), [({"shots": -1}, InvalidArgumentError),
+                                           pytest.param({"shots": 1.5}, ArgumentTypeError, marks=WRONG_TYPE),
+                                           ({"n": 0}, InvalidArgumentError),
+                                           pytest.param({"n": 2.5}, ArgumentTypeError, marks=WRONG_TYPE)])
 def test_evaluate_bad_shots_and_n(model, parity_task, kw, error):
     (arg, value), = kw.items()
     with pytest.raises(error, match=f"evaluate: {arg} must be an int"):
@@ -315,13 +327,14 @@ def test_finetune_with_zero_steps_has_no_loss(model, parity_task):
     assert _unchanged(model, snap)
 
 
-@pytest.mark.parametrize(("steps", "error"), [(2.5, ArgumentTypeError), (-1, InvalidArgumentError)])
+@pytest.mark.parametrize(("steps", "error"), [pytest.param(2.5, ArgumentTypeError, marks=WRONG_TYPE),
+                                              (-1, InvalidArgumentError)])
 def test_finetune_bad_steps(model, parity_task, steps, error):
     with pytest.raises(error, match="finetune: steps must be an int >= 0"):
         finetune(model, parity_task, steps=steps, progress=False)
 
 
-@pytest.mark.parametrize("task", ["no_such_task", 42])
+@pytest.mark.parametrize("task", ["no_such_task", pytest.param(42, marks=WRONG_TYPE)])
 def test_finetune_resolves_task_names(model, task):
     with pytest.raises(TaskError, match="no_such_task|expected a Task"):
         finetune(model, task, steps=0, progress=False)
@@ -340,7 +353,7 @@ def test_load_model_with_a_dtype_string():
 
 
 @pytest.mark.parametrize(("dtype", "error"), [("int8", ValueError), ("fp33", ValueError), (torch.int64, ValueError),
-                                              (3, TypeError)])
+                                              pytest.param(3, TypeError, marks=WRONG_TYPE)])
 def test_load_model_refuses_other_dtypes(dtype, error):
     with pytest.raises(error, match="float32, bfloat16 or float16"):
         load_model("tiny-random-llama", device="cpu", dtype=dtype)
@@ -357,13 +370,17 @@ def test_cuda_without_cuda_names_the_available_devices(monkeypatch, device):
 def test_bad_device_names(monkeypatch):
     with pytest.raises(DeviceNotAvailableError, match="'gpu' is not a device name; available here: cpu"):
         resolve_device("gpu")
-    with pytest.raises(TypeError, match="device must be a device name"):
-        resolve_device(0.5)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("NRN_DEVICE", "cuda")
     with pytest.raises(DeviceNotAvailableError, match="NRN_DEVICE='cuda' is not available"):
         load_model("tiny-random-llama")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.wrong_type
+def test_device_of_a_wrong_type():
+    with pytest.raises(TypeError, match="device must be a device name"):
+        resolve_device(0.5)
 
 
 def test_greedy_decoding_past_the_context_names_the_lengths(model, echo_task):
@@ -410,7 +427,8 @@ def test_browser_path_pointing_nowhere(monkeypatch, tmp_path, where):
         assert _find_browser() is None
     with pytest.warns(BrowserPathWarning, match="BROWSER_PATH"), pytest.warns(UserWarning, match="HTML only"):
         written = save_figure(go.Figure(), "fig", formats=("png", "html"))
-    assert [p.name for p in written] == ["fig.html"]
+    # no PNG without a browser: the HTML, and the figure's JSON for the gallery (always written)
+    assert [p.relative_to(tmp_path).as_posix() for p in written] == ["fig.html", "json/fig.json"]
 
 
 def test_attribute_and_evaluate_take_a_task_name(tiny_model):

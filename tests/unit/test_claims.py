@@ -83,8 +83,13 @@ def test_paired_difference_uses_shared_units():
     assert est.estimate == pytest.approx(np.mean(a - b))
     assert est.ci_low > 0.49 and est.ci_high < 0.51
     assert C.paired_difference_ci(a, b) == C.paired_difference_ci(a, b)
+
+
+@pytest.mark.wrong_type  # arrays of two shapes: the annotation says the arms share their units' shape
+def test_paired_arms_of_different_shapes_are_refused():
+    b = np.random.default_rng(2).normal(size=40)
     with pytest.raises(ValueError, match="share units"):
-        C.paired_difference_ci(a, b[:-1])
+        C.paired_difference_ci(b + 0.5, b[:-1])
 
 
 def test_ratio_and_scaled_difference():
@@ -135,6 +140,11 @@ def test_off_diagonal_mean_matches_exact_enumeration():
             values.append(np.mean(pairs))
     assert len(values) == 24
     assert (est.ci_low, est.ci_high) == pytest.approx((min(values), max(values)))
+
+
+@pytest.mark.wrong_type  # a [3, 2] array: the annotation says [unit, unit]
+def test_off_diagonal_mean_refuses_a_non_square_matrix():
+    m = np.array([[1.0, 0.2, 0.4], [0.3, 1.0, 0.9], [0.1, 0.5, 1.0]])
     with pytest.raises(ValueError, match="square"):
         C.off_diagonal_mean_ci(m[:, :2])
 
@@ -176,7 +186,7 @@ def test_decide_rejects_bad_input(args, message):
     ([1.0], "at least 2"),
     ([1.0, float("nan"), 2.0], "non-finite"),
     (np.zeros((2, 2, 2)), "1-D"),
-    (["a", "b"], "numbers"),
+    pytest.param(["a", "b"], "numbers", marks=pytest.mark.wrong_type),
 ])
 def test_bootstrap_rejects_bad_input(values, message):
     with pytest.raises(ValueError, match=message):
@@ -216,6 +226,10 @@ def test_claim_round_trip_and_consistency():
         C.Claim.from_dict({**claim.as_dict(), "paper": "C"})
     with pytest.raises(ValueError, match="direction"):
         _claim(C.bootstrap_ci([0.3, 0.4]), direction="=")
+
+
+@pytest.mark.wrong_type
+def test_make_claim_refuses_what_is_not_an_estimate():
     with pytest.raises(ValueError, match="Estimate"):
         C.make_claim("x", paper="A", statement="", paper_value="", statistic="", estimate=(0.1, 0, 1),
                      threshold=0, direction=">", unit="", scope="", notebook="", profile="smoke")

@@ -48,11 +48,15 @@ def test_save_load_round_trip(tmp_path):
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["set.safetensors"]
 
 
-def test_validation_errors():
+@pytest.mark.wrong_type  # a mask of another shape or dtype than the annotated Bool[Tensor, "n_layers d_mlp"]
+def test_mask_of_a_wrong_shape_or_dtype():
     with pytest.raises(ValueError, match="2-D"):
         NeuronSet(torch.zeros(8, dtype=torch.bool))
     with pytest.raises(TypeError, match="bool"):
         NeuronSet(torch.zeros(2, 8))
+
+
+def test_validation_errors():
     with pytest.raises(ValueError, match="shapes differ"):
         _set({0: [1]}) | NeuronSet.from_indices(2, 8, {0: [1]})
     with pytest.raises(IndexError):

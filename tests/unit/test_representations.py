@@ -64,12 +64,17 @@ def test_cka_of_independent_data_goes_to_zero_only_when_debiased():
     assert linear_cka(x, y) > 0.5 and abs(linear_cka(x, y, debiased=True)) < 0.1
 
 
-def test_bad_inputs():
+@pytest.mark.wrong_type  # shapes other than the annotated [n, p] and [n, q]
+def test_bad_shapes():
     x, _ = _data(n=5)
     with pytest.raises(ValueError, match="same examples"):
         linear_cka(x, x[:4])
     with pytest.raises(ValueError, match="matrices"):
         linear_cka(x[0], x[0])
+
+
+def test_bad_inputs():
+    x, _ = _data(n=5)
     with pytest.raises(ValueError, match="constant"):
         linear_cka(torch.ones(5, 3), x)
     with pytest.raises(ValueError, match="at least 4"):

@@ -257,7 +257,7 @@ def test_duplicates_across_splits_are_removed_from_test():
         ({"records": []}, "no records given"),
         ({"records": [{"text": "hi", "target": "yes"}]}, "has no key 'input'"),
         ({"records": [{"input": "hi"}]}, "has no key 'target'"),
-        ({"records": "not a list"}, "must be a list of dicts"),
+        pytest.param({"records": "not a list"}, "must be a list of dicts", marks=pytest.mark.wrong_type),
         ({"labels": ()}, "needs labels"),
         ({"labels": ("yes",)}, "not among the labels"),
         ({"category": "regression"}, "unknown category"),
@@ -449,16 +449,24 @@ def test_as_task_accepts_a_task_or_a_name():
     assert as_task("antonym") is get_task("antonym")
     with pytest.raises(TaskError, match="Did you mean 'antonym'"):
         as_task("antonymm")
+
+
+@pytest.mark.wrong_type
+def test_as_task_refuses_a_non_task():
     for bad in (None, 3, ["antonym"], {"input": "x"}):
         with pytest.raises(TaskError, match=f"expected a Task or a task name, got {type(bad).__name__}"):
             as_task(bad)
 
 
+@pytest.mark.wrong_type
 def test_entry_points_refuse_a_non_task(tiny_model):
     with pytest.raises(TaskError, match="expected a Task or a task name, got int"):
         nrnlib.evaluate(tiny_model, 42, progress=False)
     with pytest.raises(TaskError, match="expected a Task or a task name, got list"):
         nrnlib.last_token_states(tiny_model, ["antonym"], progress=False)
+
+
+def test_entry_points_suggest_a_task_name(tiny_model):
     with pytest.raises(TaskError, match="Did you mean 'tweet_sentiment'"):
         nrnlib.evaluate(tiny_model, "tweet_sentimnt", progress=False)
 
@@ -558,6 +566,11 @@ def test_digest_changes_with_every_key_input():
         "other demonstration": task.digest(task.test, demonstrations=[{"input": "b", "target": "no"}]),
     }
     assert len(set(digests.values())) == len(digests), digests
+
+
+@pytest.mark.wrong_type
+def test_digest_refuses_what_is_not_a_list_of_examples():
+    task = _digest_base()
     with pytest.raises(TaskError, match="sequence of example dicts"):
         task.digest(task.test[0])
     with pytest.raises(TaskError, match=r"demonstrations\[0\] is a str"):
