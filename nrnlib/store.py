@@ -196,13 +196,19 @@ def code_digest(modules: Sequence[str]) -> str:
     return digest({m: _module_digest(m) for m in sorted(set(modules))}, 16)
 
 
+# What running the notebooks writes: changes there do not make the code that computes results "dirty".
+GENERATED_PATHS = ("figures", "notebooks/*.ipynb", "REPRODUCTION.md")
+
+
 def git_commit() -> str:
-    """The repository's HEAD commit (``+dirty`` when tracked files have changes), or ``unknown``."""
+    """The repository's HEAD commit, ``+dirty`` when tracked files other than the generated outputs
+    (``GENERATED_PATHS``: figures, executed notebooks, the scorecard) have changes; or ``unknown``."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        excluded = [f":(exclude){path}" for path in GENERATED_PATHS]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
+                               cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -206,3 +206,25 @@ def test_first_model_load_from_two_processes(cache, tmp_path):
     assert counter.read_text().count("dequantized") == 1
     leftovers = [p.name for p in (cache / "models").iterdir() if p.is_dir() and p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_generated_outputs_do_not_make_the_commit_dirty(tmp_path, monkeypatch):
+    """A notebook run rewrites figures, executed notebooks and REPRODUCTION.md: the code that computed
+    the results is still the commit's; an edited source file is not."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("figures/a.png", "notebooks/n.ipynb", "notebooks/n.py", "REPRODUCTION.md", "lib.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(store, "REPO_ROOT", tmp_path)
+    for name in ("figures/a.png", "notebooks/n.ipynb", "REPRODUCTION.md"):
+        (tmp_path / name).write_text("v2")
+    assert not store.git_commit().endswith("+dirty")
+    (tmp_path / "notebooks/n.py").write_text("v2")
+    assert store.git_commit().endswith("+dirty")
