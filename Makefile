@@ -44,7 +44,7 @@ reproduce: setup
 # time (jaxtyping + beartype, NRN_TYPECHECK=1), then the tests that pass deliberately wrong types to check
 # nrnlib's own error messages (marked wrong_type; the runtime checker would answer them first).
 test: setup
-	NRN_TYPECHECK=1 NRN_PROFILE=smoke NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) $(PY) -m pytest tests notebooks \
+	NRN_TYPECHECK=1 NRN_PROFILE=smoke NRN_FIGURE_FORMATS=html NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) $(PY) -m pytest tests notebooks \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider -q
 	NRN_PROFILE=smoke NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) $(PY) -m pytest tests/unit -m wrong_type \
 	  -p no:cacheprovider -q

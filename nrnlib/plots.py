@@ -78,9 +78,20 @@ def stamp_provenance(fig: go.Figure, profile: str | None = None) -> go.Figure:
     return fig
 
 
-def save_figure(fig: go.Figure, name: str, formats: Sequence[str] = ("png", "svg", "html"),
+def default_formats() -> tuple[str, ...]:
+    """``$NRN_FIGURE_FORMATS`` (comma-separated, e.g. ``html`` where static export is not wanted, as in
+    ``make test``) or PNG + SVG + HTML."""
+    chosen = tuple(f.strip() for f in os.environ.get("NRN_FIGURE_FORMATS", "").split(",") if f.strip())
+    unknown = set(chosen) - {"png", "svg", "html"}
+    if unknown:
+        raise ValueError(f"NRN_FIGURE_FORMATS: unknown formats {sorted(unknown)}; use png, svg, html")
+    return chosen or ("png", "svg", "html")
+
+
+def save_figure(fig: go.Figure, name: str, formats: Sequence[str] | None = None,
                 width: int = 900, height: int = 500, profile: str | None = None) -> list[Path]:
-    """Write ``fig`` as ``figures/{name}.{png,svg,html}``, captioned with its profile (default:
+    """Write ``fig`` as ``figures/{name}.{png,svg,html}`` (``formats``, default ``default_formats()``),
+    captioned with its profile (default:
     ``$NRN_PROFILE`` or the device's default) and commit (``stamp_provenance``); static formats need
     a Chrome (kaleido). Without one, writes the HTML only and warns with the install command.
 
@@ -88,6 +99,7 @@ def save_figure(fig: go.Figure, name: str, formats: Sequence[str] = ("png", "svg
     to ``figures/json/{name}.json`` for the gallery (``nrnlib.gallery``).
     """
     stamp_provenance(fig, profile)
+    formats = default_formats() if formats is None else tuple(formats)
     out, written = figures_dir(), []
     static = [f for f in formats if f != "html"]
     if "html" in formats:

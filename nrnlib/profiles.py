@@ -32,6 +32,15 @@ class Profile:
     k_grid: tuple[float, ...] = (0.02, 0.05, 0.10)  # fractions of neurons for curves over k
     tasks: tuple[str, ...] | None = None  # the tasks of the many-condition notebooks (None: all twelve)
     finetune_batch_size: int = 8  # examples per fine-tuning step
+    # the training protocol (nrnlib.protocol): dev examples per task carved from its train split, steps
+    # between dev-loss evaluations, evaluations without improvement before stopping, step cap, and the
+    # learning rates tried per arm type ("neurons", "all", "lora")
+    dev_size: int = 32
+    eval_every: int = 10
+    patience: int = 3
+    max_steps: int = 300
+    lr_grids: dict[str, tuple[float, ...]] = field(default_factory=lambda: {
+        "neurons": (3e-4, 1e-3, 3e-3), "all": (1e-5, 3e-5, 1e-4), "lora": (1e-4, 3e-4, 1e-3)})
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -53,22 +62,32 @@ class Profile:
         return list(self.tasks) if self.tasks is not None else list_tasks()
 
 
-# Minutes per notebook on this project's 2-core CPU machine, uncached: smoke and standard 00/01 measured;
-# standard 02 measured (516 conditions, 11.5 s each on average, 5,945 s of scoring); 03 measured (96 arms,
-# 90 trained 25 steps: 12,498 s of training summed, plus scoring); 07 measured.
+# Minutes per notebook on this project's 2-core CPU machine, uncached: smoke measured; standard 00 measured
+# at 57 min (3,408 s with other work on the machine; 3,373 s of scoring summed) and 01 at 7 min (426 s;
+# 352 s of attribution) with the store (commit 068c490 / 810848a); standard 02 measured (516 conditions,
+# 11.5 s each on average, 5,945 s of scoring); 03 measured (96 arms, 90 trained 25 steps: 12,498 s of
+# training summed, plus scoring); 07 measured.
 _SMOKE_MINUTES = {"00": 1.5, "01": 1.2, "02": 2.3, "03": 1.7, "07": 1.5}
-_STANDARD_MINUTES = {"00": 48, "01": 19, "02": 100, "03": 215, "07": 60}
+_STANDARD_MINUTES = {"00": 57, "01": 7, "02": 100, "03": 215, "07": 60}
 
 PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
                      batch_size=8, shots=1, minutes_cpu=_SMOKE_MINUTES, n_eval_conditions=4, k_grid=(0.05, 0.10),
-                     tasks=("word_polarity", "tweet_sentiment", "antonym", "hypernym"), finetune_batch_size=2),
+                     tasks=("word_polarity", "tweet_sentiment", "antonym", "hypernym"), finetune_batch_size=2,
+                     dev_size=4, eval_every=2, patience=1, max_steps=4,
+                     lr_grids={"neurons": (1e-3,), "all": (3e-5,), "lora": (3e-4,)}),
     "standard": Profile("standard", n_eval=60, n_attribution=64, n_train=400, finetune_steps=25,
                         seeds=(0, 1, 2), batch_size=16, shots=2, minutes_cpu=_STANDARD_MINUTES, n_eval_conditions=24,
-                        k_grid=(0.02, 0.05, 0.10), finetune_batch_size=4),
+                        k_grid=(0.02, 0.05, 0.10), finetune_batch_size=4,
+                        dev_size=32, eval_every=10, patience=3, max_steps=300,
+                        lr_grids={"neurons": (3e-4, 1e-3, 3e-3), "all": (1e-5, 3e-5, 1e-4),
+                                  "lora": (1e-4, 3e-4, 1e-3)}),
     "full": Profile("full", n_eval=500, n_attribution=256, n_train=1000, finetune_steps=300,
                     seeds=(0, 1, 2, 3, 4), batch_size=32, shots=2, minutes_cpu={},
-                    n_eval_conditions=200, k_grid=(0.005, 0.01, 0.02, 0.05, 0.10), finetune_batch_size=16),
+                    n_eval_conditions=200, k_grid=(0.005, 0.01, 0.02, 0.05, 0.10), finetune_batch_size=16,
+                    dev_size=100, eval_every=25, patience=4, max_steps=3000,
+                    lr_grids={"neurons": (1e-4, 3e-4, 1e-3, 3e-3), "all": (3e-6, 1e-5, 3e-5, 1e-4),
+                              "lora": (5e-5, 1e-4, 3e-4, 1e-3)}),
 }
 
 

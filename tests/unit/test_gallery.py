@@ -43,3 +43,16 @@ def test_gallery_renders_in_headless_chromium(figures, tmp_path):
     assert len(rendered) == 2, run.stdout[:2000]  # both interactive figures drawn by plotly.js
     assert run.stdout.count('class="main-svg"') >= 2
     assert "Uncaught" not in run.stderr and "ReferenceError" not in run.stderr, run.stderr[-2000:]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium for kaleido's static export")
+def test_static_export_writes_a_png(tmp_path, monkeypatch):
+    """make test skips PNG/SVG export in the notebooks (NRN_FIGURE_FORMATS=html): export is checked here once."""
+    monkeypatch.setenv("NRN_FIGURES", str(tmp_path))
+    monkeypatch.setenv("NRN_FIGURE_FORMATS", "png")
+    written = plots.save_figure(go.Figure(go.Bar(x=["a"], y=[1])), "00_one", width=300, height=200, profile="smoke")
+    png = tmp_path / "00_one.png"
+    assert png in written and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setenv("NRN_FIGURE_FORMATS", "gif")
+    with pytest.raises(ValueError, match="NRN_FIGURE_FORMATS"):
+        plots.default_formats()
