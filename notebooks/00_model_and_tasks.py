@@ -76,7 +76,7 @@ suite
 # Chance is the majority-class rate among the scored test examples for classification and 0 for generation.
 
 # %%
-table = experiments.zero_and_few_shot_table(model, profile)
+table = experiments.zero_and_few_shot_table(model, profile, profile.task_names())
 summary = table.pivot_table(index=["category", "role", "task", "primary_metric", "chance"],
                             columns="setting", values="primary").round(3)
 summary

@@ -150,13 +150,9 @@ def task_sizes(profile: Profile, task: Task | str) -> TaskSizes:
 def plan(profile: Profile, notebooks: list[str]) -> list[dict]:
     """One row per (notebook, task, size): asked, used, and whether it was clipped. Raises
     ``ProfileError`` (with every offending task) when a task cannot be run under ``profile``."""
-    from nrnlib.tasks import list_tasks
-
     rows, errors = [], []
-    names = profile.task_names()
     for prefix in notebooks:
-        tasks = list_tasks() if prefix == "00" else names
-        for name in tasks:
+        for name in profile.task_names():
             try:
                 sizes = task_sizes(profile, name)
             except ProfileError as err:
