@@ -24,6 +24,16 @@ def tiny_model(request):
         torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def model(tiny_model):
+    """The module's tiny model, its parameters put back (bit-exactly) after each test that trains it."""
+    snap = [p.detach().clone() for p in tiny_model.parameters()]
+    yield tiny_model
+    with torch.no_grad():
+        for p, s in zip(tiny_model.parameters(), snap, strict=True):
+            p.copy_(s)
+
+
 @pytest.fixture(scope="session")
 def parity_task():
     """Classification, single-token labels yes/no: 8 train and 8 test examples."""

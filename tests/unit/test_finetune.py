@@ -9,16 +9,6 @@ from nrnlib.finetune import TrainLog, finetune, trainable_entries
 from nrnlib.neurons import NeuronSet
 
 
-@pytest.fixture
-def model(tiny_model):
-    """The module's tiny model, its parameters put back after each test."""
-    snap = [p.detach().clone() for p in tiny_model.parameters()]
-    yield tiny_model
-    with torch.no_grad():
-        for p, s in zip(tiny_model.parameters(), snap, strict=True):
-            p.copy_(s)
-
-
 def _expected_trained(model, hf_mlps, neurons):
     """{id(param): bool mask of the entries a neuron fine-tune may change}, written out per
     architecture (independently of NeuronGeometry)."""

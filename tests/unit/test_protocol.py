@@ -28,15 +28,6 @@ def task():
 
 
 @pytest.fixture
-def model(tiny_model):
-    snap = [p.detach().clone() for p in tiny_model.parameters()]
-    yield tiny_model
-    with torch.no_grad():
-        for p, s in zip(tiny_model.parameters(), snap, strict=True):
-            p.copy_(s)
-
-
-@pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NRN_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("NRN_NO_CACHE", raising=False)

@@ -28,16 +28,6 @@ from nrnlib.neurons import NeuronSet, OtherModelError
 RTOL = 1e-6  # |sparse - masked| <= RTOL * max|masked|, per parameter tensor
 
 
-@pytest.fixture
-def model(tiny_model):
-    """The module's tiny model (Llama and GPT-2), its parameters put back after each test."""
-    snap = [p.detach().clone() for p in tiny_model.parameters()]
-    yield tiny_model
-    with torch.no_grad():
-        for p, s in zip(tiny_model.parameters(), snap, strict=True):
-            p.copy_(s)
-
-
 def _neurons(model):
     L, D = model.cfg.n_layers, model.cfg.d_mlp
     return NeuronSet.from_indices(L, D, {0: [3, 40], 1: list(range(0, D, 7)), L - 1: [0, 1, D - 1]})
