@@ -52,13 +52,18 @@ def random_set(model, k: float, seed: int) -> NeuronSet:
 
 
 def memory(trainer) -> dict[str, int]:
-    """Bytes of the trainable tensors, their gradients and the AdamW state (after a step)."""
+    """Bytes of the trainable tensors, their gradients and the AdamW state (after a step), and the
+    memory training adds to the model: gradients + AdamW state, plus the slice copies in sparse mode
+    (masked mode trains the model's own tensors, which need no copy)."""
     params = trainer.params
     state = [t for s in trainer.optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-    return {"trainable_entries": trainer.n_trainable_entries,
-            "param_bytes": sum(p.numel() * p.element_size() for p in params),
-            "grad_bytes": sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
-            "optimizer_state_bytes": sum(t.numel() * t.element_size() for t in state)}
+    out = {"trainable_entries": trainer.n_trainable_entries,
+           "param_bytes": sum(p.numel() * p.element_size() for p in params),
+           "grad_bytes": sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
+           "optimizer_state_bytes": sum(t.numel() * t.element_size() for t in state)}
+    copies = out["param_bytes"] if trainer.mode == "sparse" else 0
+    out["added_bytes"] = out["grad_bytes"] + out["optimizer_state_bytes"] + copies
+    return out
 
 
 def time_mode(model, neurons, mode: str, encoded, args) -> tuple[list[float], dict]:
@@ -110,7 +115,7 @@ def bench_task(model, name: str, args) -> dict:
     state = {mode: out["modes"][mode]["memory"] for mode in MODES}
     out["memory_ratio_sparse_over_masked"] = {
         key: state["sparse"][key] / state["masked"][key]
-        for key in ("param_bytes", "grad_bytes", "optimizer_state_bytes")}
+        for key in ("param_bytes", "grad_bytes", "optimizer_state_bytes", "added_bytes")}
     return out
 
 
