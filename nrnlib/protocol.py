@@ -257,7 +257,8 @@ def train_to_convergence(
             curve.n_trainable_entries = int(t.n_trainable_entries)
             best_state = _evaluate(model, t, dev, curve, step=0, best_state=None)
             batches = batch_stream(model, encoded, protocol.batch_size, seed)
-            for step in tqdm(range(1, protocol.max_steps + 1), desc="train", disable=not progress, leave=False):
+            bar = tqdm(range(1, protocol.max_steps + 1), desc="train", disable=not progress, leave=False)
+            for step in bar:
                 try:
                     curve.train_loss.append(t.step(next(batches), total=protocol.max_steps))
                 except NonFiniteLossError:
@@ -266,6 +267,8 @@ def train_to_convergence(
                 curve.steps = step
                 if step % protocol.eval_every == 0 or step == protocol.max_steps:
                     best_state = _evaluate(model, t, dev, curve, step, best_state)
+                    bar.set_postfix(dev=f"{curve.dev_loss[-1]:.4f}",
+                                    best=f"{curve.best_dev_loss:.4f}@{curve.best_step}")
                     if should_stop(curve.dev_loss, protocol.patience, protocol.min_delta):
                         curve.stopped = "early"
                         break
