@@ -30,6 +30,9 @@ from torch import Tensor
 MODEL_KEY = "model"  # metadata key of the model identity
 
 
+RANDOM_MATCHES = ("layer", "total")  # what a random control set keeps of the set it copies
+
+
 class NeuronSetError(ValueError):
     """A NeuronSet that does not fit what it is used with, or a file that is not a NeuronSet."""
 
@@ -276,18 +279,28 @@ class NeuronSet:
             mask[layer, js] = True
         return cls(mask, name=name)
 
-    def random_like(self, seed: int = 0, name: str | None = None) -> NeuronSet:
-        """A uniformly random set with the same number of neurons in every layer (a control set).
+    def random_like(self, seed: int = 0, name: str | None = None, match: str = "layer") -> NeuronSet:
+        """A uniformly random set of the same size (a control set), deterministic given ``seed``.
 
-        Deterministic given ``seed`` (one ``torch.Generator``, layers drawn in order).
+        ``match="layer"`` (default): the same number of neurons in every layer as this set (one
+        ``torch.Generator``, layers drawn in order). ``match="total"``: the same total number of
+        neurons drawn uniformly over all ``n_layers · d_mlp`` neurons (Paper A's "same number of
+        randomly selected neurons"), so layers hold ``Hypergeometric`` counts.
         """
+        if match not in RANDOM_MATCHES:
+            raise ValueError(f"match must be one of {RANDOM_MATCHES}, got {match!r}")
         gen = torch.Generator().manual_seed(int(seed))
         mask = torch.zeros_like(self.mask)
-        for layer, n in enumerate(self.counts_per_layer().tolist()):
-            if n:
-                mask[layer, torch.randperm(self.d_mlp, generator=gen)[:n]] = True
-        label = name if name is not None else (f"random({self.name}, seed={seed})" if self.name else f"random{seed}")
-        meta = {**self.metadata, "random_seed": str(seed), "random_of": self.name}
+        if match == "total":
+            mask.view(-1)[torch.randperm(self.mask.numel(), generator=gen)[: self.count]] = True
+        else:
+            for layer, n in enumerate(self.counts_per_layer().tolist()):
+                if n:
+                    mask[layer, torch.randperm(self.d_mlp, generator=gen)[:n]] = True
+        tag = "" if match == "layer" else ", total"
+        label = name if name is not None else (f"random({self.name}, seed={seed}{tag})" if self.name
+                                               else f"random{seed}{tag}")
+        meta = {**self.metadata, "random_seed": str(seed), "random_of": self.name, "random_match": match}
         return NeuronSet(mask, name=label, metadata=meta)
 
     # ---- persistence ----

@@ -39,6 +39,20 @@ def test_random_like_is_seeded_and_keeps_layer_counts():
     assert torch.equal(rb.counts_per_layer(), big.counts_per_layer()) and rb.iou(big) < 0.5
 
 
+def test_random_like_total_keeps_only_the_total_and_spreads_uniformly():
+    """match="total": same count, drawn over all neurons; the per-layer counts of a set packed into
+    one layer spread out (expected count per layer = total / n_layers, checked over many seeds)."""
+    packed = NeuronSet.from_indices(4, 100, {0: range(40)})
+    draws = [packed.random_like(seed=s, match="total") for s in range(200)]
+    assert all(d.count == 40 for d in draws)
+    assert packed.random_like(seed=3, match="total") == draws[3] and draws[3] != draws[4]
+    mean_per_layer = torch.stack([d.counts_per_layer().float() for d in draws]).mean(0)
+    assert torch.allclose(mean_per_layer, torch.full((4,), 10.0), atol=1.0)
+    assert draws[0].metadata["random_match"] == "total"
+    with pytest.raises(ValueError, match="match must be one of"):
+        packed.random_like(seed=0, match="per_layer")
+
+
 def test_save_load_round_trip(tmp_path):
     s = NeuronSet(_set({0: [1], 2: [3, 4]}).mask, name="parity top-10%", metadata={"k": "0.1", "scope": "global"})
     path = s.save(tmp_path / "sub" / "set.safetensors")
