@@ -171,18 +171,45 @@ def lines_figure(table: pd.DataFrame, x: str, y: str, color: str, title: str, fa
     return fig
 
 
-def drop_bars_figure(claims: pd.DataFrame, metric: str, title: str) -> go.Figure:
-    """Per task: the drop with its own neurons off beside the mean drop with matched random neurons
-    off (error bar: standard deviation over random seeds), one panel per selection."""
-    long = pd.concat([
-        claims.assign(condition="task neurons off", drop=claims[f"{metric}_drop_task"], spread=0.0),
-        claims.assign(condition="random neurons off", drop=claims[f"{metric}_drop_random"],
-                      spread=claims[f"{metric}_drop_random_std"]),
-    ])
-    fig = px.bar(long, x="task", y="drop", color="condition", barmode="group", facet_col="selection",
-                 error_y="spread", template=TEMPLATE, title=title,
-                 labels={"drop": f"{metric} drop (baseline − deactivated)", "task": ""})
+VERDICT_COLORS = {"holds": "#1a9850", "does not hold": "#d73027", "inconclusive": "#878787"}
+
+
+def claims_forest_figure(claims: Sequence, title: str, row: str = "task", facet: str | None = None,
+                         x_title: str = "statistic") -> go.Figure:
+    """Forest plot of ``nrnlib.claims.Claim`` objects: per claim its estimate with the 95% CI as a
+    horizontal bar, coloured by verdict, and the rule's threshold as a dashed line. ``row`` and
+    ``facet`` are functions of the claim's ``scope`` split at ``"; "`` (part 0 → ``row``, part 1 →
+    ``facet``), e.g. scope ``"antonym; global/all, random total"``."""
+    rows = []
+    for c in claims:
+        parts = c.scope.split("; ", 1)
+        rows.append({"row": parts[0], "facet": parts[1] if len(parts) > 1 else "", "estimate": c.estimate,
+                     "plus": c.ci_high - c.estimate, "minus": c.estimate - c.ci_low, "verdict": c.verdict,
+                     "threshold": c.threshold, "statistic": c.statistic})
+    table = pd.DataFrame(rows)
+    fig = px.scatter(table, x="estimate", y="row", color="verdict", error_x="plus", error_x_minus="minus",
+                     facet_col="facet" if facet else None, facet_col_wrap=4 if facet else 0,
+                     color_discrete_map=VERDICT_COLORS, template=TEMPLATE, title=title, hover_data=["statistic"],
+                     category_orders={"verdict": list(VERDICT_COLORS)},
+                     labels={"estimate": x_title, "row": row, "facet": facet or ""})
+    for threshold in table.threshold.unique():
+        fig.add_vline(x=float(threshold), line_dash="dash", line_color="black", opacity=0.6)
+    fig.update_traces(marker_size=9)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    return fig
+
+
+def drop_bars_figure(summary: pd.DataFrame, title: str) -> go.Figure:
+    """Per task: the mean log-prob drop with its own neurons off beside the mean drop with random
+    neurons off, each with its bootstrap 95% CI (``summary``: task, condition, drop, ci_low, ci_high,
+    optionally ``panel`` for one panel per cell/control)."""
+    table = summary.assign(plus=summary.ci_high - summary.drop, minus=summary.drop - summary.ci_low)
+    fig = px.bar(table, x="task", y="drop", color="condition", barmode="group", error_y="plus",
+                 error_y_minus="minus", facet_col="panel" if "panel" in table else None,
+                 facet_col_wrap=2 if "panel" in table else 0, template=TEMPLATE, title=title,
+                 labels={"drop": "log-prob drop (intact − deactivated)", "task": ""})
     fig.update_xaxes(tickangle=-40)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
     return fig
 
 

@@ -31,6 +31,9 @@ class Profile:
     n_eval_conditions: int = 24  # test examples per condition where a table scores many conditions
     k_grid: tuple[float, ...] = (0.02, 0.05, 0.10)  # fractions of neurons for curves over k
     tasks: tuple[str, ...] | None = None  # the tasks of the many-condition notebooks (None: all twelve)
+    # notebook 02 (Table 1 over the grid): its tasks (None: ``tasks``) and test examples per condition
+    deactivation_tasks: tuple[str, ...] | None = None
+    n_deactivation: int = 24
     finetune_batch_size: int = 8  # examples per fine-tuning step
     # the training protocol (nrnlib.protocol): dev examples per task carved from its train split, steps
     # between dev-loss evaluations, evaluations without improvement before stopping, step cap, and the
@@ -61,6 +64,10 @@ class Profile:
 
         return list(self.tasks) if self.tasks is not None else list_tasks()
 
+    def deactivation_task_names(self) -> list[str]:
+        """Notebook 02's tasks: ``deactivation_tasks``, else ``task_names()``."""
+        return list(self.deactivation_tasks) if self.deactivation_tasks is not None else self.task_names()
+
 
 # Minutes per notebook on this project's 2-core CPU machine, uncached: smoke measured; standard 00 measured
 # at 57 min (3,408 s with other work on the machine; 3,373 s of scoring summed) and 01 at 7 min (426 s;
@@ -74,17 +81,21 @@ PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
                      batch_size=8, shots=1, minutes_cpu=_SMOKE_MINUTES, n_eval_conditions=4, k_grid=(0.05, 0.10),
                      tasks=("word_polarity", "tweet_sentiment", "antonym", "hypernym"), finetune_batch_size=2,
+                     n_deactivation=4,
                      dev_size=4, eval_every=2, patience=1, max_steps=4,
                      lr_grids={"neurons": (1e-3,), "all": (3e-5,), "lora": (3e-4,)}),
     "standard": Profile("standard", n_eval=60, n_attribution=64, n_train=400, finetune_steps=25,
                         seeds=(0, 1, 2), batch_size=16, shots=2, minutes_cpu=_STANDARD_MINUTES, n_eval_conditions=24,
-                        k_grid=(0.02, 0.05, 0.10), finetune_batch_size=4,
+                        k_grid=(0.02, 0.05, 0.10), finetune_batch_size=4, n_deactivation=32,
+                        deactivation_tasks=("word_polarity", "tweet_sentiment", "question_topic", "reverse_dictionary",
+                                            "antonym", "trivia_qa"),
                         dev_size=32, eval_every=10, patience=3, max_steps=300,
                         lr_grids={"neurons": (3e-4, 1e-3, 3e-3), "all": (1e-5, 3e-5, 1e-4),
                                   "lora": (1e-4, 3e-4, 1e-3)}),
     "full": Profile("full", n_eval=500, n_attribution=256, n_train=1000, finetune_steps=300,
                     seeds=(0, 1, 2, 3, 4), batch_size=32, shots=2, minutes_cpu={},
                     n_eval_conditions=200, k_grid=(0.005, 0.01, 0.02, 0.05, 0.10), finetune_batch_size=16,
+                    n_deactivation=200,
                     dev_size=100, eval_every=25, patience=4, max_steps=3000,
                     lr_grids={"neurons": (1e-4, 3e-4, 1e-3, 3e-3), "all": (3e-6, 1e-5, 3e-5, 1e-4),
                               "lora": (5e-5, 1e-4, 3e-4, 1e-3)}),
@@ -99,7 +110,7 @@ class ProfileError(ValueError):
 NOTEBOOK_SIZES = {
     "00": ("n_eval", "shots"),
     "01": ("n_attribution",),
-    "02": ("n_eval_conditions",),
+    "02": ("n_deactivation",),
     "03": ("n_train", "n_eval_conditions"),
     "07": ("n_train", "n_eval"),
 }
@@ -109,7 +120,7 @@ NOTEBOOK_SIZES = {
 class TaskSizes:
     """A profile's sizes for one task, clipped to the task's splits.
 
-    - ``n_eval``, ``n_eval_conditions``: at most the test split;
+    - ``n_eval``, ``n_eval_conditions``, ``n_deactivation``: at most the test split;
     - ``n_train``: at most the train split; ``shots``: at most the train split;
     - ``n_attribution``: at most the train split, rounded down to a multiple of ``N_CHUNKS`` so the
       chunks (and notebook 01's two halves) are equal.
@@ -120,6 +131,7 @@ class TaskSizes:
     task: str
     n_eval: int
     n_eval_conditions: int
+    n_deactivation: int
     n_train: int
     n_attribution: int
     shots: int
@@ -139,6 +151,7 @@ def task_sizes(profile: Profile, task: Task | str) -> TaskSizes:
     used = {
         "n_eval": min(profile.n_eval, n_test),
         "n_eval_conditions": min(profile.n_eval_conditions, n_test),
+        "n_deactivation": min(profile.n_deactivation, n_test),
         "n_train": min(profile.n_train, n_train),
         "n_attribution": min(profile.n_attribution, n_train) // N_CHUNKS * N_CHUNKS,
         "shots": min(profile.shots, n_train),

@@ -9,17 +9,24 @@ where it stopped and a rerun is instant.
 - ``deactivation``: notebook 02 (Paper A Table 1);
 - ``neuron_finetuning``: notebook 03 (Paper A Table 2);
 - ``layer_by_layer``: notebook 07 (Paper B, CKA against single-task controls);
-- ``verdicts``: the claims of notebooks 00 and 01 (kept out of the modules that key the cache).
+- ``conditions``: one scored deactivation condition (notebook 02's cached unit of work);
+- ``verdicts``: the claims of notebooks 00, 01 and 02 (kept out of the modules that key the cache).
 """
 
 from nrnlib.experiments.attribution_vs_ablation import AblationCheck, ablation_check, ablation_check_table, draw_neurons
+from nrnlib.experiments.conditions import score_condition
 from nrnlib.experiments.deactivation import (
-    claims_table,
-    deactivation_table,
+    GRID,
+    PAPER_CELL,
+    PAPER_CONTROL,
+    Cell,
     diagonal_dominance,
+    drops_per_example,
+    grid_sets,
     k_curve_table,
-    score_condition,
+    mode_agreement,
     specificity_matrix,
+    table1_grid,
 )
 from nrnlib.experiments.detection import (
     depth_table,
@@ -46,7 +53,7 @@ from nrnlib.experiments.layer_by_layer import (
 )
 from nrnlib.experiments.neuron_finetuning import finetune_arm, finetuning_claims, neuron_finetuning_table
 from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_shot_table
-from nrnlib.experiments.verdicts import detection_claims, suite_claims
+from nrnlib.experiments.verdicts import deactivation_claims, detection_claims, specificity_claims, suite_claims
 
 __all__ = [
     "AblationCheck",
@@ -65,8 +72,16 @@ __all__ = [
     "mossa_states",
     "paper_b_ranges",
     "ranges_as_depth",
-    "claims_table",
-    "deactivation_table",
+    "Cell",
+    "GRID",
+    "PAPER_CELL",
+    "PAPER_CONTROL",
+    "deactivation_claims",
+    "drops_per_example",
+    "grid_sets",
+    "mode_agreement",
+    "specificity_claims",
+    "table1_grid",
     "depth_table",
     "detection_claims",
     "diagonal_dominance",

@@ -1,57 +1,39 @@
 """Notebook 02 (Paper A Table 1): a task's metric with no neurons off, with its own task neurons off,
-with matched random neurons off (same count in every layer, several seeds), and with another task's
-neurons off (the specificity matrix); curves over the fraction k.
+with random neurons off (several seeds), and with another task's neurons off (the specificity
+matrix); curves over the fraction k. Each condition is one ``conditions.score_condition`` (cached).
 
-Metrics are teacher-forced (no decoding), so every condition costs one forward pass over the same
-test examples: classification ``accuracy``, ``calibrated_accuracy`` and ``label_logprob``;
-generation ``answer_logprob`` and ``token_accuracy``. The sensitive metric is the log-prob
-(``LOGPROB_METRIC``); ``drop = baseline − condition`` (positive = the deactivation hurts).
+The sensitive metric is the log-prob (``LOGPROB_METRIC``); ``drop = baseline − condition``
+(positive = the deactivation hurts).
+
+**The grid** Paper A leaves open (``table1_grid``): selection scope {``"global"`` top-k over all
+layers, ``"layer"`` top-k in every layer} x attribution positions {``"all"``: ``|Σ_pos g·a|`` over
+every position, ``"answer"``: only the positions that predict answer tokens} x random control
+{``"layer"``: as many neurons in every layer, ``"total"``: as many neurons drawn over all layers}.
+The cell closest to the paper's text (``PAPER_CELL``) is global / all / total: "neurons with top k%
+relevance", ω zeroed everywhere, "the same number of randomly selected neurons". Every condition
+keeps its per-example values so verdicts carry bootstrap CIs over test examples and random draws.
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from nrnlib import store
-from nrnlib.ablation import deactivate
-from nrnlib.evaluate import evaluate
+from nrnlib.claims import bootstrap_ci
+from nrnlib.experiments.conditions import LOGPROB_METRIC, TEACHER_FORCED_METRIC, score_condition
+from nrnlib.experiments.detection import neuron_sets, relevance_chunks, relevance_scores
 from nrnlib.model_state import model_fingerprint
-from nrnlib.neurons import NeuronSet
+from nrnlib.neurons import RANDOM_MATCHES, NeuronSet
+from nrnlib.profiles import Profile
 from nrnlib.tasks import get_task
 
-LOGPROB_METRIC = {"classification": "label_logprob", "generation": "answer_logprob"}
-TEACHER_FORCED_METRIC = {"classification": "accuracy", "generation": "token_accuracy"}
-# the code whose change invalidates cached conditions (nrnlib.store.code_digest)
-CONDITION_CODE = ("evaluate", "encoding", "losses", "ablation", "experiments.deactivation")
-
-
-def _mask_digest(neurons: NeuronSet | None) -> str:
-    return "none" if neurons is None else f"{neurons.digest()}-{list(neurons.shape)}"
-
-
-def score_condition(
-    model, task, neurons: NeuronSet | None, n: int, mode: str = "activation", include_inputs: bool = False,
-    batch_size: int = 16, fingerprint: str | None = None,
-) -> dict:
-    """Teacher-forced metrics of ``task`` (first ``n`` test examples) with ``neurons`` deactivated
-    (``None``: the intact model). Cached per (model weights, examples, mask, mode)."""
-    examples = list(task.test[:n])
-
-    def compute() -> dict:
-        start = time.perf_counter()
-        off = deactivate(model, neurons, mode, include_inputs) if neurons is not None else contextlib.nullcontext()
-        with off:
-            score = evaluate(model, task, n=n, decode=False, batch_size=batch_size, progress=False)
-        return {**score.metrics, "n": score.n, "wall_s": time.perf_counter() - start}
-
-    return store.cached("deactivation", compute, settings={"neurons": _mask_digest(neurons), "mode": mode,
-                        "include_inputs": include_inputs, "n": len(examples)}, code=CONDITION_CODE, model=model,
-                        fingerprint=fingerprint, tasks={task.name: task.digest(examples)})
+POSITIONS = {"all": "signed_sum", "answer": "answer_positions"}  # attribution positions -> aggregation
+SCOPES = ("global", "layer")
 
 
 def _row(task, condition: str, whose: str, selection: str, k: float, metrics: dict, base: dict, **extra) -> dict:
@@ -59,35 +41,121 @@ def _row(task, condition: str, whose: str, selection: str, k: float, metrics: di
     return {"task": task.name, "category": task.category, "role": task.role, "condition": condition,
             "whose": whose, "selection": selection, "k": k, "logprob": metrics[lp], "accuracy": metrics[acc],
             "calibrated_accuracy": metrics.get("calibrated_accuracy"),
-            "logprob_drop": base[lp] - metrics[lp], "accuracy_drop": base[acc] - metrics[acc], **extra}
+            "logprob_drop": base[lp] - metrics[lp], "accuracy_drop": base[acc] - metrics[acc],
+            "per_example": metrics.get("per_example"), **extra}
 
 
-def deactivation_table(
-    model, sets: Mapping[str, Mapping[str, NeuronSet]], n: int, random_seeds: Sequence[int] = (0, 1, 2),
-    modes: Sequence[str] = ("activation", "parameter"), batch_size: int = 16, k: float = 0.10,
+@dataclass(frozen=True)
+class Cell:
+    """One way of reading Paper A's selection: ``scope`` (``SCOPES``) and attribution ``positions``
+    (``POSITIONS``). The random control is the third axis, chosen per condition (``RANDOM_MATCHES``)."""
+
+    scope: str
+    positions: str
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"Cell: scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"Cell: positions must be one of {tuple(POSITIONS)}, got {self.positions!r}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.scope}/{self.positions}"
+
+
+GRID = tuple(Cell(scope, positions) for scope in SCOPES for positions in POSITIONS)
+PAPER_CELL = Cell("global", "all")
+PAPER_CONTROL = "total"
+
+
+def grid_sets(
+    model, profile: Profile, tasks: Sequence[str], k: float = 0.10, cells: Sequence[Cell] = GRID,
+) -> dict[str, dict[str, NeuronSet]]:
+    """``{cell.name: {task: plain top-k set}}``: relevance from ``relevance_chunks`` with the cell's
+    aggregation (cached per chunk), selected with the cell's scope among ``tasks``."""
+    scores = {pos: relevance_scores(relevance_chunks(model, profile, tasks, aggregation=POSITIONS[pos]))
+              for pos in dict.fromkeys(c.positions for c in cells)}
+    return {c.name: neuron_sets(scores[c.positions], k, "plain", scope=c.scope, model=model) for c in cells}
+
+
+def table1_grid(
+    model, sets_by_cell: Mapping[str, Mapping[str, NeuronSet]], n: int, random_seeds: Sequence[int] = (0, 1, 2),
+    controls: Sequence[str] = RANDOM_MATCHES, batch_size: int = 16, k: float = 0.10,
 ) -> pd.DataFrame:
-    """Table 1. ``sets[selection][task]`` are the task-neuron sets (e.g. selections "plain" and
-    "specific"). Per task: the intact model; its own set in every deactivation mode ("parameter"
-    zeroes the down-projection row, "parameter+inputs" also the gate/up columns); and matched random
-    sets (``NeuronSet.random_like``) with each seed, in activation mode."""
+    """Table 1 over the grid: per task, the intact model (``condition="none"``), and per cell its own
+    set (``"task"``) and for each control and seed the set's ``random_like(seed, match=control)``
+    (``"random"``), all in activation mode, each row with its ``per_example`` values. Runs task by
+    task (each condition cached), so an interrupted run resumes at the next condition."""
     fp = model_fingerprint(model)
-    tasks = list(next(iter(sets.values())))
+    for control in controls:
+        if control not in RANDOM_MATCHES:
+            raise ValueError(f"controls must be among {RANDOM_MATCHES}, got {control!r}")
+    tasks = list(dict.fromkeys(t for sets in sets_by_cell.values() for t in sets))
     rows = []
-    for name in tqdm(tasks, desc="Table 1"):
+    for name in tqdm(tasks, desc="Table 1 grid"):
         task = get_task(name)
         base = score_condition(model, task, None, n, batch_size=batch_size, fingerprint=fp)
-        rows.append(_row(task, "none", "-", "-", 0.0, base, base, mode="-", seed=None))
-        for selection, by_task in sets.items():
+        rows.append(_row(task, "none", "-", "-", 0.0, base, base, cell="-", control="-", seed=None))
+        for cell, by_task in sets_by_cell.items():
             own = by_task[name]
-            for mode in modes:
-                for inputs in ((False, True) if mode == "parameter" else (False,)):
-                    m = score_condition(model, task, own, n, mode, inputs, batch_size, fp)
-                    rows.append(_row(task, "task", name, selection, k, m, base,
-                                     mode=mode + ("+inputs" if inputs else ""), seed=None))
-            for seed in random_seeds:
-                m = score_condition(model, task, own.random_like(seed), n, batch_size=batch_size, fingerprint=fp)
-                rows.append(_row(task, "random", f"random({name})", selection, k, m, base, mode="activation",
-                                 seed=seed))
+            m = score_condition(model, task, own, n, batch_size=batch_size, fingerprint=fp)
+            rows.append(_row(task, "task", name, "plain", k, m, base, cell=cell, control="-", seed=None))
+            for control in controls:
+                for seed in random_seeds:
+                    m = score_condition(model, task, own.random_like(seed, match=control), n, batch_size=batch_size,
+                                        fingerprint=fp)
+                    rows.append(_row(task, "random", f"random({name})", "plain", k, m, base, cell=cell,
+                                     control=control, seed=seed))
+    return pd.DataFrame(rows)
+
+
+def drops_per_example(table: pd.DataFrame, task: str, cell: str, control: str, metric: str = "logprob"
+                      ) -> tuple[Float[np.ndarray, " example"], Float[np.ndarray, "seed example"]]:
+    """From ``table1_grid``: the own set's per-example drop ``base_e − own_e`` and the random sets'
+    ``base_e − random_{s,e}`` (one row per random seed, in seed order), on the same test examples."""
+    part = table[table.task == task]
+    base = np.asarray(part[part.condition == "none"].iloc[0].per_example[metric], dtype=float)
+    own = part[(part.condition == "task") & (part.cell == cell)]
+    rnd = part[(part.condition == "random") & (part.cell == cell) & (part.control == control)].sort_values("seed")
+    if len(own) != 1 or rnd.empty:
+        raise ValueError(f"drops_per_example: no own set or no random sets for {task!r}, cell {cell!r}, "
+                         f"control {control!r} in the table")
+    own_drop = base - np.asarray(own.iloc[0].per_example[metric], dtype=float)
+    random_drop = np.stack([base - np.asarray(v[metric], dtype=float) for v in rnd.per_example])
+    return own_drop, random_drop
+
+
+def drop_summary(table: pd.DataFrame, metric: str = "logprob") -> pd.DataFrame:
+    """Per (task, cell, control): the mean own-set drop and the mean random-set drop, each with its
+    bootstrap 95% CI (own: over test examples; random: over random sets x test examples, crossed),
+    long format for ``plots.drop_bars_figure`` (``panel`` = ``"cell, random control"``)."""
+    rows = []
+    random = table[table.condition == "random"]
+    for task in dict.fromkeys(table.task):
+        for cell, control in dict.fromkeys(zip(random.cell, random.control, strict=True)):
+            own, rnd = drops_per_example(table, task, cell, control, metric)
+            panel = f"{cell}, random {control}"
+            for condition, values, design in (("task neurons off", own, "nested"),
+                                              ("random neurons off", rnd, "crossed")):
+                est = bootstrap_ci(values, design=design)
+                rows.append({"task": task, "cell": cell, "control": control, "panel": panel, "condition": condition,
+                             "drop": est.estimate, "ci_low": est.ci_low, "ci_high": est.ci_high})
+    return pd.DataFrame(rows)
+
+
+def mode_agreement(model, sets: Mapping[str, NeuronSet], n: int, batch_size: int = 16) -> pd.DataFrame:
+    """Per task: the log-prob with its own set off by activation zeroing, by parameter zeroing (row j of
+    the down projection) and with the inputs too (columns j of gate and up), and the largest gap;
+    for a gated SiLU MLP all three are the same function (SiLU(0)·0 = 0)."""
+    fp = model_fingerprint(model)
+    rows = []
+    for name, own in sets.items():
+        task = get_task(name)
+        lp = {f"{mode}{'+inputs' if inputs else ''}": score_condition(
+            model, task, own, n, mode, inputs, batch_size, fp)[LOGPROB_METRIC[task.category]]
+            for mode, inputs in (("activation", False), ("parameter", False), ("parameter", True))}
+        rows.append({"task": name, **lp, "max_gap": max(abs(v - lp["activation"]) for v in lp.values())})
     return pd.DataFrame(rows)
 
 
@@ -109,10 +177,10 @@ def specificity_matrix(
 
 def k_curve_table(
     model, sets_by_k: Mapping[float, Mapping[str, Mapping[str, NeuronSet]]], n: int, random_seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 16, control: str = "layer",
 ) -> pd.DataFrame:
-    """Drops as a function of k: ``sets_by_k[k][selection][task]``; own set and one matched random set
-    per (k, selection, task), activation mode."""
+    """Drops as a function of k: ``sets_by_k[k][selection][task]``; own set and one random set
+    (``random_like(random_seed, match=control)``) per (k, selection, task), activation mode."""
     fp = model_fingerprint(model)
     rows = []
     for k, sets in tqdm(sorted(sets_by_k.items()), desc="k curve"):
@@ -122,28 +190,9 @@ def k_curve_table(
                 base = score_condition(model, task, None, n, batch_size=batch_size, fingerprint=fp)
                 m = score_condition(model, task, own, n, batch_size=batch_size, fingerprint=fp)
                 rows.append(_row(task, "task", name, selection, k, m, base))
-                r = score_condition(model, task, own.random_like(random_seed), n, batch_size=batch_size,
+                r = score_condition(model, task, own.random_like(random_seed, match=control), n, batch_size=batch_size,
                                     fingerprint=fp)
                 rows.append(_row(task, "random", f"random({name})", selection, k, r, base))
-    return pd.DataFrame(rows)
-
-
-def claims_table(table: pd.DataFrame, factor: float = 3.0) -> pd.DataFrame:
-    """Per task and selection (activation mode): own-set drop, mean and spread of the random drops,
-    and whether "deactivating task neurons hurts at least ``factor``x more than random neurons" holds
-    (own drop > 0 and own drop >= factor * max(mean random drop, 0)), by log-prob and by accuracy."""
-    rows = []
-    act = table[(table["mode"] == "activation") & table.condition.isin(["task", "random"])]
-    for (name, selection), part in act.groupby(["task", "selection"], sort=False):
-        own = part[part.condition == "task"].iloc[0]
-        rnd = part[part.condition == "random"]
-        row = {"task": name, "category": own.category, "role": own.role, "selection": selection}
-        for metric in ("logprob", "accuracy"):
-            drop, r_mean = own[f"{metric}_drop"], rnd[f"{metric}_drop"].mean()
-            row |= {f"{metric}_drop_task": drop, f"{metric}_drop_random": r_mean,
-                    f"{metric}_drop_random_std": rnd[f"{metric}_drop"].std(ddof=1) if len(rnd) > 1 else float("nan"),
-                    f"{metric}_holds": bool(drop > 0 and drop >= factor * max(r_mean, 0.0))}
-        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -1,4 +1,4 @@
-"""The verdicts of notebooks 00 and 01, through ``nrnlib.claims`` (statistic, bootstrap 95% CI,
+"""The verdicts of notebooks 00, 01 and 02, through ``nrnlib.claims`` (statistic, bootstrap 95% CI,
 threshold fixed here before the run). Kept apart from the experiment modules whose code keys the
 cache (``nrnlib.store.code_digest``), so editing a verdict never invalidates a computed result."""
 
@@ -10,7 +10,16 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from nrnlib.claims import Claim, bootstrap_ci, make_claim, off_diagonal_mean_ci, tally_claim
+from nrnlib.claims import (
+    Claim,
+    bootstrap_ci,
+    make_claim,
+    off_diagonal_mean_ci,
+    paired_difference_ci,
+    scaled_difference_ci,
+    tally_claim,
+)
+from nrnlib.experiments.deactivation import PAPER_CELL, PAPER_CONTROL, drops_per_example
 from nrnlib.profiles import Profile
 
 MARGIN = 0.10
@@ -91,3 +100,79 @@ def detection_claims(
         estimate=off_diagonal_mean_ci(plain.to_numpy(float)), threshold=chance, direction=">", unit="tasks",
         scope=f"plain top-{k:.0%}, all task pairs", **common))
     return out
+
+
+FACTOR = 3.0  # Table 1's rule: own-set drop at least FACTOR x the random-set drop
+
+
+def _at_least(n: int) -> int:
+    return math.ceil(2 * n / 3)
+
+
+def deactivation_claims(
+    table: pd.DataFrame, profile: Profile | str, *, factor: float = FACTOR, id: str = "A.deactivation.ratio",
+    paper: str = "A", paper_value: str = "Table 1: large drops for task neurons, small for random ones",
+    model_label: str = "",
+) -> list[Claim]:
+    """Table 1's verdicts from ``deactivation.table1_grid``, per (cell, random control):
+
+    - per task, ``mean_e d_own,e − factor · mean_{s,e} d_rand,s,e > 0`` (log-prob drops, ``d = base −
+      condition``), the own drop broadcast over the random seeds and resampled *crossed*: seeds (random
+      draws) and test examples at once (:func:`nrnlib.claims.scaled_difference_ci`), so the CI
+      carries the spread between random draws as well as between examples;
+    - the tally "holds on at least ⌈2/3⌉ of the tasks" (:func:`nrnlib.claims.tally_claim`), under ``id``
+      for the cell closest to the paper (global / all positions / same total) and ``id + ".grid"``
+      for the other cells."""
+    out: list[Claim] = []
+    common = dict(notebook="02_deactivation", figure="02_table1_grid", profile=profile)
+    tasks = list(dict.fromkeys(table.task))
+    random = table[table.condition == "random"]
+    for cell, control in dict.fromkeys(zip(random.cell, random.control, strict=True)):
+        per_task = []
+        for task in tasks:
+            own, rnd = drops_per_example(table, task, cell, control)
+            estimate = scaled_difference_ci(np.broadcast_to(own, rnd.shape), rnd, factor, design="crossed")
+            per_task.append(make_claim(
+                f"{id}.per_task", paper=paper, paper_value="-",
+                statement=f"log-prob drop with the task's neurons off >= {factor:g}x the drop with random "
+                          "neurons off",
+                statistic=f"mean own drop - {factor:g} x mean random drop ({rnd.shape[0]} random sets)",
+                estimate=estimate, threshold=0.0, direction=">", unit="test examples x random sets",
+                scope=f"{model_label}{task}; {cell}, random {control}", **common))
+        paper_cell = cell == PAPER_CELL.name and control == PAPER_CONTROL
+        at_least = _at_least(len(per_task))
+        out += per_task + [tally_claim(
+            id if paper_cell else f"{id}.grid", per_task, at_least, paper=paper, paper_value=paper_value,
+            statement=f"deactivating a task's top-10% neurons hurts >= {factor:g}x more than random neurons, "
+                      f"on at least {at_least} of {len(per_task)} tasks",
+            scope=f"{model_label}{cell} attribution, random {control}"
+                  + (" (closest to the paper)" if paper_cell else ""), **common)]
+    return out
+
+
+def specificity_claims(matrix: pd.DataFrame, profile: Profile | str, id: str = "ours.deactivation.own_set_most_harmful"
+                       ) -> list[Claim]:
+    """From ``deactivation.specificity_matrix`` (rows with ``per_example``): per task t, the paired
+    per-example difference between the log-prob drop with its own set off and with the most harmful
+    other task's set off (the other set with the largest mean drop), ``> 0`` with its bootstrap CI
+    over test examples; then the tally over tasks (at least ⌈2/3⌉). Choosing the strongest rival on
+    the same examples favours the rival, so the test is conservative."""
+    per_task = []
+    for task, part in matrix.groupby("task", sort=False):
+        own = part[part.whose == task].iloc[0]
+        others = part[part.whose != task]
+        rival = others.loc[others.logprob_drop.idxmax()]
+        # drops share the intact baseline, so own drop − rival drop = rival log-prob − own log-prob
+        estimate = paired_difference_ci(rival.per_example["logprob"], own.per_example["logprob"])
+        per_task.append(make_claim(
+            f"{id}.per_task", paper="ours", paper_value="-",
+            statement="the task's own set hurts it more than any other task's set",
+            statistic=f"mean over examples of drop(own) - drop({rival.whose}), paired", estimate=estimate,
+            threshold=0.0, direction=">", unit="test examples", scope=task, notebook="02_deactivation",
+            figure="02_specificity_matrix", profile=profile))
+    at_least = _at_least(len(per_task))
+    return per_task + [tally_claim(
+        id, per_task, at_least, paper="ours", paper_value="-", statement=f"a task's own set is the most harmful set "
+        f"for it on at least {at_least} of {len(per_task)} tasks", scope="plain global top-10%, activation zeroing",
+        notebook="02_deactivation", figure="02_specificity_matrix", profile=profile)]
+

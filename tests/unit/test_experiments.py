@@ -81,18 +81,85 @@ def test_score_condition_equals_a_hand_loop(tiny_model, parity_task, tmp_path, m
     assert got == again and intact["label_logprob"] != pytest.approx(got["label_logprob"], abs=1e-6)
 
 
-def test_claims_table_factor_rule():
-    rows = []
-    for task, own, rnd in [("hurts", 1.0, [0.1, 0.2, 0.3]), ("weak", 0.3, [0.2, 0.2, 0.2]), ("helps", -0.1, [0.0] * 3)]:
-        rows.append({"task": task, "category": "classification", "role": "train", "selection": "plain",
-                     "condition": "task", "mode": "activation", "logprob_drop": own, "accuracy_drop": own})
-        rows += [{"task": task, "category": "classification", "role": "train", "selection": "plain",
-                  "condition": "random", "mode": "activation", "logprob_drop": r, "accuracy_drop": r} for r in rnd]
-    claims = E.claims_table(pd.DataFrame(rows), factor=3.0).set_index("task")
-    assert claims.loc["hurts", "logprob_holds"] and not claims.loc["weak", "logprob_holds"]
-    assert not claims.loc["helps", "logprob_holds"]
-    assert claims.loc["hurts", "logprob_drop_random"] == pytest.approx(0.2)
-    assert claims.loc["hurts", "logprob_drop_random_std"] == pytest.approx(0.1)
+def _grid_rows(task, base, own, randoms, cell="global/all", control="total"):
+    """Rows shaped like ``table1_grid``'s for one task: per-example log-probs given by hand."""
+    common = {"task": task, "category": "generation", "role": "train"}
+    rows = [{**common, "condition": "none", "cell": "-", "control": "-", "seed": None,
+             "per_example": {"logprob": base}}]
+    rows.append({**common, "condition": "task", "cell": cell, "control": "-", "seed": None,
+                 "per_example": {"logprob": own}})
+    rows += [{**common, "condition": "random", "cell": cell, "control": control, "seed": s,
+              "per_example": {"logprob": r}} for s, r in enumerate(randoms)]
+    return rows
+
+
+def test_drops_per_example_and_deactivation_claims_by_hand():
+    import numpy as np
+
+    from nrnlib.experiments.verdicts import deactivation_claims
+
+    base = [-1.0, -2.0, -1.5, -1.0, -2.5, -1.2]
+    strong = _grid_rows("strong", base, [b - 4.0 - 0.1 * i for i, b in enumerate(base)],
+                        [[b - 0.2 for b in base], [b - 0.4 for b in base], [b - 0.3 for b in base]])
+    weak = _grid_rows("weak", base, [b - 0.5 for b in base], [[b - 0.4 for b in base], [b - 0.6 for b in base]])
+    other_cell = _grid_rows("strong", base, [b - 1.0 for b in base], [[b - 0.1 for b in base]] * 2,
+                            cell="layer/answer", control="layer")[1:]
+    table = pd.DataFrame(strong + weak + other_cell)
+    own, rnd = E.drops_per_example(table, "strong", "global/all", "total")
+    np.testing.assert_allclose(own, [4.0 + 0.1 * i for i in range(6)])
+    np.testing.assert_allclose(rnd, [[0.2] * 6, [0.4] * 6, [0.3] * 6])
+    with pytest.raises(ValueError, match="no own set"):
+        E.drops_per_example(table, "weak", "layer/answer", "layer")
+    claims = deactivation_claims(table[table.task == "strong"], "smoke")
+    by_scope = {(c.id, c.scope): c for c in claims}
+    paper = by_scope[("A.deactivation.ratio.per_task", "strong; global/all, random total")]
+    assert paper.estimate == pytest.approx(np.mean(own) - 3 * 0.3) and paper.verdict == "holds"
+    assert paper.ci_low <= paper.estimate <= paper.ci_high
+    assert {c.id for c in claims if not c.id.endswith("per_task")} == {"A.deactivation.ratio",
+                                                                       "A.deactivation.ratio.grid"}
+    weak_claim = [c for c in deactivation_claims(table[table.task == "weak"], "smoke") if c.id.endswith("per_task")]
+    # own drop 0.5 against 3 x 0.5: the CI lies wholly below 0 (no spread between examples)
+    assert weak_claim[0].estimate == pytest.approx(0.5 - 3 * 0.5) and weak_claim[0].verdict == "does not hold"
+
+
+def test_specificity_claims_pick_the_most_harmful_rival():
+    from nrnlib.experiments.verdicts import specificity_claims
+
+    def row(task, whose, lp, drop):
+        return {"task": task, "whose": whose, "logprob_drop": drop, "per_example": {"logprob": lp}}
+
+    matrix = pd.DataFrame([
+        row("a", "a", [-5.0, -6.0, -5.5], 4.0), row("a", "b", [-2.0, -2.5, -2.0], 1.0),
+        row("a", "c", [-3.0, -3.5, -3.0], 2.0),
+        row("b", "b", [-1.0, -1.2, -1.1], 0.1), row("b", "a", [-4.0, -4.1, -4.2], 3.0),
+        row("b", "c", [-1.0, -1.0, -1.0], 0.0)])
+    claims = {c.scope: c for c in specificity_claims(matrix, "smoke") if c.id.endswith("per_task")}
+    assert claims["a"].estimate == pytest.approx(((-3.0 + 5.0) + (-3.5 + 6.0) + (-3.0 + 5.5)) / 3)
+    assert "drop(c)" in claims["a"].statistic and claims["a"].verdict == "holds"
+    assert "drop(a)" in claims["b"].statistic and claims["b"].verdict == "does not hold"
+
+
+def test_table1_grid_rows_are_the_named_sets(tiny_model, tmp_path, monkeypatch):
+    """Every row of the grid equals ``score_condition`` on the set it names: the cell's own set, or
+    its ``random_like(seed, match=control)``; one intact row per task."""
+    from nrnlib.tasks import get_task
+
+    monkeypatch.setenv("NRN_CACHE", str(tmp_path))
+    L, D = tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp
+    sets = {"global/all": {"word_polarity": NeuronSet.from_indices(L, D, {0: range(0, D, 3)}, name="word_polarity")},
+            "layer/all": {"word_polarity": NeuronSet.from_indices(L, D, {i: [1, 2] for i in range(L)})}}
+    table = E.table1_grid(tiny_model, sets, n=4, random_seeds=(0, 1), batch_size=4)
+    assert len(table) == 1 + 2 * (1 + 2 * 2) and (table.condition == "none").sum() == 1
+    task = get_task("word_polarity")
+    row = table[(table.cell == "global/all") & (table.control == "total") & (table.seed == 1)].iloc[0]
+    expected = E.score_condition(tiny_model, task, sets["global/all"]["word_polarity"].random_like(1, match="total"), 4,
+                                 batch_size=4)
+    assert row.per_example["logprob"] == expected["per_example"]["logprob"]
+    layer_row = table[(table.cell == "layer/all") & (table.control == "layer") & (table.seed == 0)].iloc[0]
+    expected = E.score_condition(tiny_model, task, sets["layer/all"]["word_polarity"].random_like(0), 4, batch_size=4)
+    assert layer_row.logprob == expected["label_logprob"]
+    with pytest.raises(ValueError, match="controls must be among"):
+        E.table1_grid(tiny_model, sets, n=4, controls=("uniform",))
 
 
 def test_diagonal_dominance():
