@@ -203,7 +203,8 @@ def drop_bars_figure(summary: pd.DataFrame, title: str) -> go.Figure:
     """Per task: the mean log-prob drop with its own neurons off beside the mean drop with random
     neurons off, each with its bootstrap 95% CI (``summary``: task, condition, drop, ci_low, ci_high,
     optionally ``panel`` for one panel per cell/control)."""
-    table = summary.assign(plus=summary.ci_high - summary.drop, minus=summary.drop - summary.ci_low)
+    drop = summary["drop"]  # not summary.drop: that is DataFrame.drop
+    table = summary.assign(plus=summary.ci_high - drop, minus=drop - summary.ci_low)
     fig = px.bar(table, x="task", y="drop", color="condition", barmode="group", error_y="plus",
                  error_y_minus="minus", facet_col="panel" if "panel" in table else None,
                  facet_col_wrap=2 if "panel" in table else 0, template=TEMPLATE, title=title,

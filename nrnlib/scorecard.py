@@ -56,7 +56,7 @@ CATALOGUE: tuple[Entry, ...] = (
     Entry("A.deactivation.ratio", "A",
           "Deactivating a task's top-10% neurons hurts the task far more than deactivating as many random neurons",
           "Table 1: large drops for task neurons, small for random ones (k = 10%; Llama-2-7b, Bloom-7b1)",
-          "02_deactivation", "02_table1_logprob", ("3x more than random",)),
+          "02_deactivation", "02_table1_grid", ("3x more than random",)),
     Entry("A.finetune.task_vs_random", "A",
           "Fine-tuning only the task's neurons beats fine-tuning as many random neurons",
           "Table 2: remarkable improvements over random neurons on all tasks but one (Amazonfood)",
@@ -107,9 +107,10 @@ CATALOGUE: tuple[Entry, ...] = (
     Entry("ours.deactivation.own_set_most_harmful", "ours",
           "A task's own set is the most harmful set to deactivate for it (specificity matrix)", "-",
           "02_deactivation", "02_specificity_matrix", ("most harmful",)),
-    Entry("ours.null_model", "ours",
-          "On a random-init copy of the architecture (null model) the effects above vanish", "-",
-          "02_deactivation", "02_table1_logprob"),
+    Entry("ours.null_model.deactivation", "ours",
+          "On a random-init copy of the architecture (null model), deactivating its top-10% neurons also hurts "
+          "at least 3x more than as many random neurons (if so, the effect needs no learned features)", "-",
+          "02_deactivation", "02_null_model"),
 )
 
 

@@ -110,6 +110,13 @@ def test_drops_per_example_and_deactivation_claims_by_hand():
     np.testing.assert_allclose(rnd, [[0.2] * 6, [0.4] * 6, [0.3] * 6])
     with pytest.raises(ValueError, match="no own set"):
         E.drops_per_example(table, "weak", "layer/answer", "layer")
+    summary = E.drop_summary(table[table.task == "strong"])
+    own_row = summary[(summary.cell == "global/all") & (summary.condition == "task neurons off")].iloc[0]
+    assert own_row["drop"] == pytest.approx(np.mean(own)) and own_row.ci_low <= own_row["drop"] <= own_row.ci_high
+    from nrnlib.plots import drop_bars_figure
+
+    bars = drop_bars_figure(summary, "drops")  # a column named "drop" must not shadow DataFrame.drop
+    assert sum(len(trace.y) for trace in bars.data) == len(summary)
     claims = deactivation_claims(table[table.task == "strong"], "smoke")
     by_scope = {(c.id, c.scope): c for c in claims}
     paper = by_scope[("A.deactivation.ratio.per_task", "strong; global/all, random total")]
