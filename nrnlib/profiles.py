@@ -34,6 +34,13 @@ class Profile:
     # notebook 02 (Table 1 over the grid): its tasks (None: ``tasks``) and test examples per condition
     deactivation_tasks: tuple[str, ...] | None = None
     n_deactivation: int = 24
+    # notebook 03 (Table 2 on the protocol): its tasks (None: ``tasks``), test examples per arm, whether it
+    # runs the whole grid of cells and random controls (else the paper's cell and control only), and the
+    # seeds of the "all parameters" reference arm (None: the first seed)
+    finetune_tasks: tuple[str, ...] | None = None
+    n_finetune_eval: int = 24
+    finetune_grid: bool = False
+    all_arm_seeds: tuple[int, ...] | None = None
     finetune_batch_size: int = 8  # examples per fine-tuning step
     # the training protocol (nrnlib.protocol): dev examples per task carved from its train split, steps
     # between dev-loss evaluations, evaluations without improvement before stopping, step cap, and the
@@ -64,6 +71,10 @@ class Profile:
 
         return list(self.tasks) if self.tasks is not None else list_tasks()
 
+    def finetune_task_names(self) -> list[str]:
+        """Notebook 03's tasks: ``finetune_tasks``, else ``task_names()``."""
+        return list(self.finetune_tasks) if self.finetune_tasks is not None else self.task_names()
+
     def deactivation_task_names(self) -> list[str]:
         """Notebook 02's tasks: ``deactivation_tasks``, else ``task_names()``."""
         return list(self.deactivation_tasks) if self.deactivation_tasks is not None else self.task_names()
@@ -74,14 +85,14 @@ class Profile:
 # 352 s of attribution) with the store (commit 068c490 / 810848a); standard 02 measured (516 conditions,
 # 11.5 s each on average, 5,945 s of scoring); 03 measured (96 arms, 90 trained 25 steps: 12,498 s of
 # training summed, plus scoring); 07 measured.
-_SMOKE_MINUTES = {"00": 1.5, "01": 1.2, "02": 2.3, "03": 1.7, "07": 1.5}
+_SMOKE_MINUTES = {"00": 1.5, "01": 1.2, "02": 2.0, "03": 2.0, "07": 1.5}
 _STANDARD_MINUTES = {"00": 57, "01": 7, "02": 100, "03": 215, "07": 60}
 
 PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
                      batch_size=8, shots=1, minutes_cpu=_SMOKE_MINUTES, n_eval_conditions=4, k_grid=(0.05, 0.10),
                      tasks=("word_polarity", "tweet_sentiment", "antonym", "hypernym"), finetune_batch_size=2,
-                     n_deactivation=4,
+                     n_deactivation=4, finetune_tasks=("word_polarity", "antonym"), n_finetune_eval=4,
                      dev_size=4, eval_every=2, patience=1, max_steps=4,
                      lr_grids={"neurons": (1e-3,), "all": (3e-5,), "lora": (3e-4,)}),
     "standard": Profile("standard", n_eval=60, n_attribution=64, n_train=400, finetune_steps=25,
@@ -89,13 +100,14 @@ PROFILES = {
                         k_grid=(0.02, 0.05, 0.10), finetune_batch_size=4, n_deactivation=32,
                         deactivation_tasks=("word_polarity", "tweet_sentiment", "question_topic", "reverse_dictionary",
                                             "antonym", "trivia_qa"),
-                        dev_size=32, eval_every=10, patience=3, max_steps=300,
-                        lr_grids={"neurons": (3e-4, 1e-3, 3e-3), "all": (1e-5, 3e-5, 1e-4),
-                                  "lora": (1e-4, 3e-4, 1e-3)}),
+                        finetune_tasks=("word_polarity", "question_topic", "antonym", "reverse_dictionary"),
+                        n_finetune_eval=48,
+                        dev_size=32, eval_every=10, patience=2, max_steps=200,
+                        lr_grids={"neurons": (1e-3, 3e-3), "all": (3e-5,), "lora": (1e-4, 3e-4, 1e-3)}),
     "full": Profile("full", n_eval=500, n_attribution=256, n_train=1000, finetune_steps=300,
                     seeds=(0, 1, 2, 3, 4), batch_size=32, shots=2, minutes_cpu={},
                     n_eval_conditions=200, k_grid=(0.005, 0.01, 0.02, 0.05, 0.10), finetune_batch_size=16,
-                    n_deactivation=200,
+                    n_deactivation=200, n_finetune_eval=200, finetune_grid=True, all_arm_seeds=(0, 1, 2, 3, 4),
                     dev_size=100, eval_every=25, patience=4, max_steps=3000,
                     lr_grids={"neurons": (1e-4, 3e-4, 1e-3, 3e-3), "all": (3e-6, 1e-5, 3e-5, 1e-4),
                               "lora": (5e-5, 1e-4, 3e-4, 1e-3)}),
@@ -111,7 +123,7 @@ NOTEBOOK_SIZES = {
     "00": ("n_eval", "shots"),
     "01": ("n_attribution",),
     "02": ("n_deactivation",),
-    "03": ("n_train", "n_eval_conditions"),
+    "03": ("n_train", "n_finetune_eval"),
     "07": ("n_train", "n_eval"),
 }
 
@@ -120,7 +132,7 @@ NOTEBOOK_SIZES = {
 class TaskSizes:
     """A profile's sizes for one task, clipped to the task's splits.
 
-    - ``n_eval``, ``n_eval_conditions``, ``n_deactivation``: at most the test split;
+    - ``n_eval``, ``n_eval_conditions``, ``n_deactivation``, ``n_finetune_eval``: at most the test split;
     - ``n_train``: at most the train split; ``shots``: at most the train split;
     - ``n_attribution``: at most the train split, rounded down to a multiple of ``N_CHUNKS`` so the
       chunks (and notebook 01's two halves) are equal.
@@ -132,6 +144,7 @@ class TaskSizes:
     n_eval: int
     n_eval_conditions: int
     n_deactivation: int
+    n_finetune_eval: int
     n_train: int
     n_attribution: int
     shots: int
@@ -152,6 +165,7 @@ def task_sizes(profile: Profile, task: Task | str) -> TaskSizes:
         "n_eval": min(profile.n_eval, n_test),
         "n_eval_conditions": min(profile.n_eval_conditions, n_test),
         "n_deactivation": min(profile.n_deactivation, n_test),
+        "n_finetune_eval": min(profile.n_finetune_eval, n_test),
         "n_train": min(profile.n_train, n_train),
         "n_attribution": min(profile.n_attribution, n_train) // N_CHUNKS * N_CHUNKS,
         "shots": min(profile.shots, n_train),

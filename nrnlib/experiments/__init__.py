@@ -52,9 +52,15 @@ from nrnlib.experiments.layer_by_layer import (
     range_sweep,
     ranges_as_depth,
 )
-from nrnlib.experiments.neuron_finetuning import finetune_arm, finetuning_claims, neuron_finetuning_table
+from nrnlib.experiments.neuron_finetuning import Table2, TestMeasure, arm_summary, paired_per_example, table2
 from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_shot_table
-from nrnlib.experiments.verdicts import deactivation_claims, detection_claims, specificity_claims, suite_claims
+from nrnlib.experiments.verdicts import (
+    deactivation_claims,
+    detection_claims,
+    finetuning_claims,
+    specificity_claims,
+    suite_claims,
+)
 
 __all__ = [
     "AblationCheck",
@@ -87,12 +93,15 @@ __all__ = [
     "depth_table",
     "detection_claims",
     "diagonal_dominance",
-    "finetune_arm",
     "finetuning_claims",
     "iou_table",
     "k_curve_table",
     "mean_off_diagonal",
-    "neuron_finetuning_table",
+    "Table2",
+    "TestMeasure",
+    "arm_summary",
+    "paired_per_example",
+    "table2",
     "neuron_sets",
     "relevance_chunks",
     "relevance_scores",

@@ -176,3 +176,52 @@ def specificity_claims(matrix: pd.DataFrame, profile: Profile | str, id: str = "
         f"for it on at least {at_least} of {len(per_task)} tasks", scope="plain global top-10%, activation zeroing",
         notebook="02_deactivation", figure="02_specificity_matrix", profile=profile)]
 
+
+
+_DECODED_LABEL = {"calibrated": "calibrated accuracy", "rougeL": "ROUGE-L"}
+
+
+def finetuning_claims(rows: pd.DataFrame, profile: Profile | str, *, id: str = "A.finetune.task_vs_random"
+                      ) -> list[Claim]:
+    """Table 2's verdicts from ``neuron_finetuning.table2``'s rows, per metric (the test log-prob and
+    the decoded metric: calibrated accuracy / ROUGE-L) and per (cell, random control):
+
+    - per task, ``mean_{s,e} (m_task,s,e − m_random,s,e) > 0``: the paired difference of the task arm
+      and the random arm of the same seed (same batches, same lr) on the same test examples, a
+      [seed, example] array resampled *crossed* (seeds and examples at once), so the CI carries the
+      spread between training runs and random draws as well as between examples;
+    - the tally "holds on at least ⌈2/3⌉ of the tasks", under ``id`` for the cell and control closest
+      to the paper (global / all positions / same total) and ``id + ".grid"`` for the others."""
+    from nrnlib.experiments.neuron_finetuning import DECODED_METRIC, paired_per_example
+
+    out: list[Claim] = []
+    common = dict(notebook="03_neuron_finetuning", figure="03_table2", profile=profile)
+    random = rows[rows.arm == "random"]
+    tasks = list(dict.fromkeys(random.task))
+    category = rows.drop_duplicates("task").set_index("task").category
+    for metric in ("logprob", "decoded"):
+        for cell, control in dict.fromkeys(zip(random.cell, random.control, strict=True)):
+            per_task = []
+            for task in tasks:
+                key = "logprob" if metric == "logprob" else DECODED_METRIC[category[task]]
+                label = "log-prob" if metric == "logprob" else _DECODED_LABEL[key]
+                own, rnd = paired_per_example(rows, task, cell, control, key)
+                diff = np.asarray(own, dtype=float) - np.asarray(rnd, dtype=float)
+                per_task.append(make_claim(
+                    f"{id}.per_task", paper="A", paper_value="-",
+                    statement=f"training only the task's neurons gives a higher test {label} than training as "
+                              "many random neurons",
+                    statistic=f"mean over seeds and examples of {label}(task arm) - {label}(random arm), paired",
+                    estimate=bootstrap_ci(diff, design="crossed"), threshold=0.0, direction=">",
+                    unit="seeds x test examples", scope=f"{task}; {label}; {cell}, random {control}", **common))
+            paper_cell = cell == PAPER_CELL.name and control == PAPER_CONTROL
+            at_least = _at_least(len(per_task))
+            metric_label = "log-prob" if metric == "logprob" else "calibrated accuracy / ROUGE-L"
+            out += per_task + [tally_claim(
+                id if paper_cell else f"{id}.grid", per_task, at_least, paper="A",
+                paper_value="Table 2: remarkable improvements over random neurons on all tasks but one",
+                statement=f"fine-tuning only the task's neurons beats fine-tuning as many random neurons, on at "
+                          f"least {at_least} of {len(per_task)} tasks",
+                scope=f"{metric_label}; {cell} attribution, random {control}"
+                      + (" (closest to the paper)" if paper_cell else ""), **common)]
+    return out

@@ -176,47 +176,6 @@ def test_diagonal_dominance():
     assert dom.loc["b", "most_harmful_other"] == "a"
 
 
-def test_finetune_arm_equals_a_hand_run_and_restores_the_model(tiny_model, parity_task, tmp_path, monkeypatch):
-    """The arm's score equals finetune + evaluate done by hand (same seed, same batches), and the model
-    is unchanged afterwards, so the next arm starts from the same weights."""
-    from dataclasses import replace
-
-    from nrnlib.finetune import finetune
-    from nrnlib.profiles import get_profile
-
-    monkeypatch.setenv("NRN_CACHE", str(tmp_path))
-    profile = replace(get_profile("smoke"), n_eval_conditions=6, finetune_steps=2, finetune_batch_size=2, n_train=8)
-    L, D = tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp
-    neurons = NeuronSet.from_indices(L, D, {0: range(8), L - 1: range(4)})
-    before = [p.detach().clone() for p in tiny_model.parameters()]
-    got = E.finetune_arm(tiny_model, parity_task, neurons, profile, seed=3, lr=1e-2, arm="task")
-    assert all(torch.equal(p, b) for p, b in zip(tiny_model.parameters(), before, strict=True))
-    log = finetune(tiny_model, [parity_task], neurons=neurons, steps=2, lr=1e-2, seed=3, batch_size=2, n_train=8,
-                   progress=False)
-    expected = evaluate(tiny_model, parity_task, n=6, decode=False, progress=False).metrics
-    with torch.no_grad():
-        for p, b in zip(tiny_model.parameters(), before, strict=True):
-            p.copy_(b)
-    assert got["label_logprob"] == pytest.approx(expected["label_logprob"], abs=1e-6)
-    assert got["first_loss"] == pytest.approx(log.first_loss, abs=1e-6) and got["steps"] == 2
-    none = E.finetune_arm(tiny_model, parity_task, None, profile, seed=0, lr=1e-2, arm="none")
-    assert none["steps"] == 0 and none["label_logprob"] != pytest.approx(got["label_logprob"], abs=1e-6)
-
-
-def test_finetuning_claims_by_hand():
-    rows = [{"task": "t", "category": "classification", "arm": arm, "seed": s, "logprob": lp, "accuracy": acc}
-            for arm, s, lp, acc in [("task", 0, -1.0, 0.5), ("task", 1, -2.0, 0.7), ("random", 0, -3.0, 0.9),
-                                    ("random", 1, -3.0, 0.7), ("none", 0, -4.0, 0.2)]]
-    claims = E.finetuning_claims(pd.DataFrame(rows)).iloc[0]
-    assert claims.logprob_task == pytest.approx(-1.5) and claims.logprob_random == pytest.approx(-3.0)
-    assert claims.logprob_task_beats_random and not claims.accuracy_task_beats_random
-    assert claims.logprob_task_std == pytest.approx(2 ** -0.5)
-    # paired by seed: logprob diffs 2.0, 1.0; accuracy diffs -0.4, 0.0 (a tie is not a win)
-    assert claims.logprob_task_minus_random == pytest.approx(1.5) and claims.logprob_task_wins_seeds == 2
-    assert claims.accuracy_task_minus_random == pytest.approx(-0.2) and claims.accuracy_task_wins_seeds == 0
-    assert claims.n_paired_seeds == 2
-
-
 def test_layer_ranges_on_synthetic_curves():
     """b(l) ≥ τ on blocks 0-2, e(l) ≥ τ on blocks 3-4, neither afterwards: shared [0,3), transition
     [3,5), refinement [5,8); with e = b the transition is empty."""
@@ -270,55 +229,106 @@ def test_cka_gap_by_hand():
     assert gap["seen"] == pytest.approx((0.9 + 0.5) / 2 - (0.7 + 0.9) / 2) and gap["unseen"] == pytest.approx(0.2)
 
 
-def test_table2_jobs_run_seed_by_seed_with_shared_none_and_all_arms():
-    from nrnlib.experiments.neuron_finetuning import _jobs
+def _tiny_protocol(**overrides):
+    from nrnlib.protocol import Protocol
 
-    one = _set([[1, 0]])
-    sets = {"plain": {"a": one, "b": one}, "specific": {"a": one, "b": one}}
-    jobs = _jobs(sets, E.neuron_finetuning.ARMS, seeds=(0, 1))
-    # none once per task; all once per task and seed; task and random per task, seed and selection
-    assert len(jobs) == 2 + 2 * 2 + 2 * 2 * 2 * 2 == len(set(jobs))
-    seeds = [j[0] for j in jobs if j[2] != "none"]
-    assert seeds == sorted(seeds), "a partial run must hold whole seeds"
-    assert {j[3] for j in jobs if j[2] in ("none", "all")} == {"-"}
-    assert sum(j[2] == "random" and j[3] == "specific" for j in jobs) == 4
+    values = dict(dev_size=2, eval_every=1, patience=1, max_steps=2, batch_size=2, n_train=4, dev_batch_size=2,
+                  lr_grids={"neurons": (1e-2, 3e-2), "all": (1e-3,)})
+    return Protocol(**{**values, **overrides})
 
 
-def test_finetuning_claims_per_selection_share_none_and_all():
-    rows = [{"task": "t", "category": "classification", "arm": arm, "selection": sel, "seed": s, "logprob": lp,
-             "accuracy": 0.5}
-            for arm, sel, s, lp in [("none", "-", 0, -4.0), ("all", "-", 0, -0.5), ("task", "plain", 0, -1.0),
-                                    ("random", "plain", 0, -2.0), ("task", "specific", 0, -3.0),
-                                    ("random", "specific", 0, -2.5)]]
-    claims = E.finetuning_claims(pd.DataFrame(rows)).set_index("selection")
-    assert list(claims.index) == ["plain", "specific"]
-    assert (claims.logprob_none == -4.0).all() and (claims.logprob_all == -0.5).all()
-    assert claims.loc["plain", "logprob_task_beats_random"] and not claims.loc["specific", "logprob_task_beats_random"]
-
-
-def test_neuron_finetuning_table_trains_each_selections_sets(tiny_model, parity_task, tmp_path, monkeypatch):
-    """Each row equals ``finetune_arm`` on the set its arm names: the task's set of its selection, or
-    that set's ``random_like(seed)``; "none" and "all" once per seed, not per selection."""
-    from dataclasses import replace
-
+def test_table2_rows_equal_hand_runs_and_share_one_lr(tiny_model, parity_task, tmp_path, monkeypatch):
+    """Every trained row equals a hand run of ``train_to_convergence`` + ``evaluate`` on the set its
+    arm names (the random arm: the own set's ``random_like(seed, match)``), both neuron arms of a task
+    share the lr with the lowest mean best dev loss over them, and the model is unchanged afterwards."""
     from nrnlib.experiments import neuron_finetuning
-    from nrnlib.profiles import get_profile
+    from nrnlib.model_state import restored_after
+    from nrnlib.protocol import train_to_convergence
 
     monkeypatch.setenv("NRN_CACHE", str(tmp_path))
     monkeypatch.setattr(neuron_finetuning, "get_task", lambda name: parity_task)
-    profile = replace(get_profile("smoke"), n_eval_conditions=4, finetune_steps=1, finetune_batch_size=2, n_train=8,
-                      seeds=(0, 1))
     L, D = tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp
-    sets = {"plain": {"parity": NeuronSet.from_indices(L, D, {0: range(6)})},
-            "specific": {"parity": NeuronSet.from_indices(L, D, {L - 1: range(3)})}}
-    table = E.neuron_finetuning_table(tiny_model, sets, profile, lr=1e-2)
-    assert len(table) == 1 + 2 + 2 * 2 * 2
-    row = table[(table.label == "random (specific)") & (table.seed == 1)].iloc[0]
-    random_set = sets["specific"]["parity"].random_like(1)
-    assert row.trainable_entries == E.finetune_arm(tiny_model, parity_task, random_set, profile, 1, 1e-2, "random")[
-        "trainable_entries"] != table[table.label == "random (plain)"].trainable_entries.iloc[0]
-    monkeypatch.setenv("NRN_CACHE", str(tmp_path / "fresh"))  # recompute, not a cache read
-    assert row.logprob == pytest.approx(
-        E.finetune_arm(tiny_model, parity_task, random_set, profile, 1, 1e-2, "random")["label_logprob"], abs=1e-6)
-    with pytest.raises(ValueError, match="unknown arms"):
-        E.neuron_finetuning_table(tiny_model, sets, profile, arms=("task", "bogus"))
+    own = NeuronSet.from_indices(L, D, {0: range(6), L - 1: range(3)})
+    protocol = _tiny_protocol()
+    before = [p.detach().clone() for p in tiny_model.parameters()]
+    out = E.table2(tiny_model, {"global/all": {"parity": own}}, protocol, seeds=(0, 1), n_test=6, progress=False)
+    assert all(torch.equal(p, b) for p, b in zip(tiny_model.parameters(), before, strict=True))
+    rows = out.rows
+    assert sorted(rows.arm) == sorted(["none", "task", "task", "random", "random", "all"])
+    assert len(out.runs) == 2 * 2 + 2 + 1  # lr grid x (task, random) at seed 0, both at seed 1, "all" once
+    by_lr = {}
+    for r in out.runs[:4]:
+        by_lr.setdefault(r["lr"], []).append(r["curve"]["best_dev_loss"])
+    chosen = min(by_lr, key=lambda v: sum(by_lr[v]) / 2)
+    assert out.lr["parity"]["neurons"]["lr"] == chosen and set(rows[rows.arm != "none"].lr.dropna()) >= {chosen}
+    row = rows[(rows.arm == "random") & (rows.seed == 1)].iloc[0]
+    with restored_after(tiny_model):
+        train_to_convergence(tiny_model, [parity_task], protocol, lr=chosen, seed=1,
+                             neurons=own.random_like(1, match="total"))
+        expected = evaluate(tiny_model, parity_task, n=6, decode=False, progress=False)
+    assert row.logprob == pytest.approx(expected.metrics["label_logprob"], rel=1e-5)
+    assert row.per_example["calibrated"] == pytest.approx(expected.per_example["calibrated_correct"])
+    none = rows[rows.arm == "none"].iloc[0]
+    intact = evaluate(tiny_model, parity_task, n=6, decode=False, progress=False)
+    assert none.logprob == pytest.approx(intact.metrics["label_logprob"], rel=1e-5) != row.logprob
+    with pytest.raises(ValueError, match="controls"):
+        E.table2(tiny_model, {"global/all": {"parity": own}}, protocol, controls=("bogus",))
+
+
+def test_table2_resumes_after_an_interruption_without_recomputing(tiny_model, parity_task, tmp_path, monkeypatch):
+    """Kill the run after three arms; the rerun computes only the arms that had not finished, and gives
+    the same rows as an uninterrupted run in a fresh cache."""
+    from nrnlib import protocol as protocol_module
+    from nrnlib.experiments import neuron_finetuning
+
+    monkeypatch.setattr(neuron_finetuning, "get_task", lambda name: parity_task)
+    L, D = tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp
+    sets = {"global/all": {"parity": NeuronSet.from_indices(L, D, {0: range(6)})}}
+    protocol = _tiny_protocol()
+    real, calls = protocol_module.train_to_convergence, []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["lr"])
+        if len(calls) == 4 and counting.fail:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(protocol_module, "train_to_convergence", counting)
+    monkeypatch.setenv("NRN_CACHE", str(tmp_path / "a"))
+    counting.fail = True
+    with pytest.raises(KeyboardInterrupt):
+        E.table2(tiny_model, sets, protocol, seeds=(0, 1), n_test=4, progress=False)
+    counting.fail, done = False, len(calls) - 1
+    resumed = E.table2(tiny_model, sets, protocol, seeds=(0, 1), n_test=4, progress=False).rows
+    assert len(calls) - done - 1 == 7 - done  # 7 arms in all; the finished ones came from the cache
+    monkeypatch.setenv("NRN_CACHE", str(tmp_path / "b"))
+    fresh = E.table2(tiny_model, sets, protocol, seeds=(0, 1), n_test=4, progress=False).rows
+    pd.testing.assert_frame_equal(resumed.drop(columns=["train_wall_s"]), fresh.drop(columns=["train_wall_s"]))
+
+
+def test_finetuning_claims_by_hand():
+    """The per-task statistic is the mean of the paired [seed, example] differences; the tally counts
+    the tasks whose CI lies above 0."""
+    import numpy as np
+
+    from nrnlib.experiments.verdicts import finetuning_claims
+
+    def row(task, arm, seed, lp, control="-"):
+        cat = "classification"
+        return {"task": task, "category": cat, "arm": arm, "cell": "global/all", "control": control, "seed": seed,
+                "per_example": {"logprob": lp, "calibrated": [1.0 if v > -1.5 else 0.0 for v in lp]}}
+
+    base = [-1.0, -2.0, -1.4, -3.0, -1.2]
+    rows = pd.DataFrame([
+        row("up", "task", 0, [b + 1.0 for b in base]), row("up", "task", 1, [b + 0.8 for b in base]),
+        row("up", "random", 0, [b + 0.1 for b in base], "total"),
+        row("up", "random", 1, [b + 0.2 for b in base], "total"),
+        row("flat", "task", 0, base), row("flat", "task", 1, [b - 0.1 for b in base]),
+        row("flat", "random", 0, [b + 0.05 for b in base], "total"),
+        row("flat", "random", 1, [b - 0.05 for b in base], "total")])
+    claims = finetuning_claims(rows, "smoke")
+    lp = {c.scope.split(";")[0]: c for c in claims if c.id.endswith("per_task") and "log-prob" in c.scope}
+    assert lp["up"].estimate == pytest.approx(np.mean([0.9, 0.6])) and lp["up"].verdict == "holds"
+    assert lp["flat"].estimate == pytest.approx(np.mean([-0.05, -0.05])) and lp["flat"].verdict == "does not hold"
+    tallies = [c for c in claims if c.id == "A.finetune.task_vs_random"]
+    assert len(tallies) == 2 and tallies[0].estimate == 1 and tallies[0].verdict == "does not hold"

@@ -65,8 +65,6 @@ RUNS = {
                                                                                     "demonstrations"}),
     "suite_scores (0-shot)": (lambda m, t: E.score_task(m, t, PROFILE, shots=0), {"instruction", "labels"}),
     "deactivation": (lambda m, t: E.score_condition(m, t, _neurons(m), n=3), {"instruction", "labels"}),
-    "finetune_arm": (lambda m, t: E.finetune_arm(m, t, _neurons(m), PROFILE, seed=0, lr=1e-3, arm="task"),
-                     {"instruction", "labels", "train examples"}),
 }
 
 
