@@ -34,6 +34,9 @@ class Profile:
     # notebook 02 (Table 1 over the grid): its tasks (None: ``tasks``) and test examples per condition
     deactivation_tasks: tuple[str, ...] | None = None
     n_deactivation: int = 24
+    # notebook 01's attribution-vs-ablation check: its tasks (None: notebook 02's) and neurons drawn per task
+    ablation_tasks: tuple[str, ...] | None = None
+    n_ablation_neurons: int = 50
     # notebook 03 (Table 2 on the protocol): its tasks (None: ``tasks``), test examples per arm, whether it
     # runs the whole grid of cells and random controls (else the paper's cell and control only), and the
     # seeds of the "all parameters" reference arm (None: the first seed)
@@ -75,6 +78,10 @@ class Profile:
         """Notebook 03's tasks: ``finetune_tasks``, else ``task_names()``."""
         return list(self.finetune_tasks) if self.finetune_tasks is not None else self.task_names()
 
+    def ablation_task_names(self) -> list[str]:
+        """Notebook 01's attribution-vs-ablation tasks: ``ablation_tasks``, else notebook 02's."""
+        return list(self.ablation_tasks) if self.ablation_tasks is not None else self.deactivation_task_names()
+
     def deactivation_task_names(self) -> list[str]:
         """Notebook 02's tasks: ``deactivation_tasks``, else ``task_names()``."""
         return list(self.deactivation_tasks) if self.deactivation_tasks is not None else self.task_names()
@@ -93,6 +100,7 @@ PROFILES = {
                      batch_size=8, shots=1, minutes_cpu=_SMOKE_MINUTES, n_eval_conditions=4, k_grid=(0.05, 0.10),
                      tasks=("word_polarity", "tweet_sentiment", "antonym", "hypernym"), finetune_batch_size=2,
                      n_deactivation=4, finetune_tasks=("word_polarity", "antonym"), n_finetune_eval=4,
+                     ablation_tasks=("word_polarity", "antonym", "hypernym"), n_ablation_neurons=8,
                      dev_size=4, eval_every=2, patience=1, max_steps=4,
                      lr_grids={"neurons": (1e-3,), "all": (3e-5,), "lora": (3e-4,)}),
     "standard": Profile("standard", n_eval=60, n_attribution=64, n_train=400, finetune_steps=25,

@@ -104,6 +104,16 @@ CATALOGUE: tuple[Entry, ...] = (
     Entry("ours.detection.specific_overlap", "ours",
           "Specificity-aware sets overlap less across tasks than the paper's plain top-k sets", "-",
           "01_detect_task_neurons", "01_iou_heatmap", ("overlap less",)),
+    Entry("ours.detection.attribution_predicts_ablation", "ours",
+          "Attribution ranks neurons as single-neuron ablation does (Spearman's rho above 0.5 between the "
+          "relevance and the measured loss change)", "-", "01_detect_task_neurons", "01_attribution_vs_ablation"),
+    Entry("ours.null_model.detection.stability", "ours",
+          "On a random-init copy of the architecture (null model), sets found on two data halves also agree "
+          "more than chance (if so, stability needs no learned features)", "-", "01_detect_task_neurons",
+          "01_null_model"),
+    Entry("ours.null_model.attribution_predicts_ablation", "ours",
+          "On the null model, attribution also ranks neurons as ablation does", "-", "01_detect_task_neurons",
+          "01_null_model"),
     Entry("ours.deactivation.own_set_most_harmful", "ours",
           "A task's own set is the most harmful set to deactivate for it (specificity matrix)", "-",
           "02_deactivation", "02_specificity_matrix", ("most harmful",)),

@@ -55,6 +55,7 @@ from nrnlib.experiments.layer_by_layer import (
 from nrnlib.experiments.neuron_finetuning import Table2, TestMeasure, arm_summary, paired_per_example, table2
 from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_shot_table
 from nrnlib.experiments.verdicts import (
+    ablation_claims,
     deactivation_claims,
     detection_claims,
     finetuning_claims,
@@ -91,6 +92,7 @@ __all__ = [
     "specificity_claims",
     "table1_grid",
     "depth_table",
+    "ablation_claims",
     "detection_claims",
     "diagonal_dominance",
     "finetuning_claims",

@@ -209,5 +209,6 @@ def ablation_check_table(
                                progress=False)
         tables.append(check.table)
         rows.append({"task": task.name, "spearman": check.spearman.estimate, "ci_low": check.spearman.ci_low,
-                     "ci_high": check.spearman.ci_high, "n_neurons": check.spearman.n, "n_examples": n})
+                     "ci_high": check.spearman.ci_high, "n_neurons": check.spearman.n, "n_examples": n,
+                     "method": check.spearman.method})
     return pd.concat(tables, ignore_index=True), pd.DataFrame(rows)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from nrnlib.claims import (
     Claim,
+    Estimate,
     bootstrap_ci,
     make_claim,
     off_diagonal_mean_ci,
@@ -63,7 +64,8 @@ def suite_claims(table: pd.DataFrame, profile: Profile | str) -> list[Claim]:
 
 
 def detection_claims(
-    stability: pd.DataFrame, ious: Mapping[str, pd.DataFrame], k: float, profile: Profile | str
+    stability: pd.DataFrame, ious: Mapping[str, pd.DataFrame], k: float, profile: Profile | str, *,
+    prefix: str = "ours.detection", model_label: str = "",
 ) -> list[Claim]:
     """Notebook 01's claims, each with a bootstrap 95% CI over the *tasks* (the units resampled):
 
@@ -72,7 +74,10 @@ def detection_claims(
     - ``ours.detection.specific_overlap``: ``mean_{s≠t} [IoU_plain(s,t) − IoU_specific(s,t)]`` > 0,
       the off-diagonal IoU paired by task pair (``ious`` keyed ``"plain"`` and ``"specific"``, same
       task order), resampling tasks (:func:`nrnlib.claims.off_diagonal_mean_ci`);
-    - ``ours.detection.plain_shared`` (supporting): ``mean_{s≠t} IoU_plain(s,t)`` > ``k/(2−k)``."""
+    - ``ours.detection.plain_shared`` (supporting): ``mean_{s≠t} IoU_plain(s,t)`` > ``k/(2−k)``.
+
+    ``prefix`` replaces ``ours.detection`` in the ids (``ours.null_model.detection`` for the null
+    model) and ``model_label`` is prepended to every scope."""
     chance = k / (2 - k)
     largest = stability[stability.chunks_per_half == stability.chunks_per_half.max()]
     common = dict(paper="ours", paper_value="-", notebook="01_detect_task_neurons", profile=profile)
@@ -80,26 +85,52 @@ def detection_claims(
     for selection, rows in largest.groupby("selection", sort=False):
         m = int(rows.chunks_per_half.iloc[0])
         out.append(make_claim(
-            "ours.detection.stability", statement="a task's neuron set found on one half of the data agrees with "
+            f"{prefix}.stability", statement="a task's neuron set found on one half of the data agrees with "
             "the set found on the other half more than two random sets do", figure="01_stability",
             statistic=f"mean over tasks of half-vs-half IoU ({m} chunks per half)",
             estimate=bootstrap_ci(rows.iou.to_numpy(float)), threshold=chance, direction=">", unit="tasks",
-            scope=f"{selection} top-{k:.0%}", **common))
+            scope=f"{model_label}{selection} top-{k:.0%}", **common))
     plain, specific = ious["plain"], ious["specific"]
     if list(plain.index) != list(specific.index) or list(plain.columns) != list(specific.columns):
         raise ValueError("detection_claims: the plain and specific IoU matrices must list the same tasks in order")
     out.append(make_claim(
-        "ours.detection.specific_overlap", statement="specificity-aware sets overlap less across tasks than "
+        f"{prefix}.specific_overlap", statement="specificity-aware sets overlap less across tasks than "
         "plain top-k sets", figure="01_iou_heatmap",
         statistic="mean over task pairs of IoU(plain) - IoU(specific), paired by pair",
         estimate=off_diagonal_mean_ci(plain.to_numpy(float) - specific.to_numpy(float)), threshold=0.0,
-        direction=">", unit="tasks", scope=f"top-{k:.0%}, all task pairs", **common))
+        direction=">", unit="tasks", scope=f"{model_label}top-{k:.0%}, all task pairs", **common))
     out.append(make_claim(
-        "ours.detection.plain_shared", statement="plain top-k sets of two different tasks overlap more than "
+        f"{prefix}.plain_shared", statement="plain top-k sets of two different tasks overlap more than "
         "random sets", figure="01_iou_heatmap", statistic="mean over task pairs of IoU(plain)",
         estimate=off_diagonal_mean_ci(plain.to_numpy(float)), threshold=chance, direction=">", unit="tasks",
-        scope=f"plain top-{k:.0%}, all task pairs", **common))
+        scope=f"{model_label}plain top-{k:.0%}, all task pairs", **common))
     return out
+
+
+RHO_MIN = 0.5  # attribution must rank neurons like ablation does at least this well (Spearman's ρ)
+
+
+def ablation_claims(summary: pd.DataFrame, profile: Profile | str, *, threshold: float = RHO_MIN,
+                    id: str = "ours.detection.attribution_predicts_ablation", model_label: str = "") -> list[Claim]:
+    """From ``ablation_check_table``'s per-task summary: per task, Spearman's ρ between a neuron's
+    relevance ``R`` and the measured ``Σ_b |ΔL_b|`` when it alone is zeroed, with its bootstrap CI
+    over the drawn neurons, against ``threshold`` (a ranking by ``R`` is only useful if it agrees
+    with the ablation ranking well, not merely positively); then the tally over tasks (⌈2/3⌉)."""
+    per_task = [make_claim(
+        f"{id}.per_task", paper="ours", paper_value="-",
+        statement=f"attribution ranks neurons as single-neuron ablation does (Spearman's rho > {threshold:g})",
+        statistic="Spearman's rho between relevance R and measured sum |dL| (neuron zeroed alone)",
+        estimate=Estimate(float(r.spearman), float(r.ci_low), float(r.ci_high), int(r.n_neurons),
+                          (int(r.n_neurons),), str(getattr(r, "method", ""))),
+        threshold=threshold, direction=">", unit="neurons", scope=f"{model_label}{r.task}",
+        notebook="01_detect_task_neurons", figure="01_attribution_vs_ablation", profile=profile)
+        for r in summary.itertuples()]
+    at_least = _at_least(len(per_task))
+    return per_task + [tally_claim(
+        id, per_task, at_least, paper="ours", paper_value="-", statement=f"attribution predicts single-neuron "
+        f"ablation (rho > {threshold:g}) on at least {at_least} of {len(per_task)} tasks",
+        scope=f"{model_label}neurons drawn across the relevance range", notebook="01_detect_task_neurons",
+        figure="01_attribution_vs_ablation", profile=profile)]
 
 
 FACTOR = 3.0  # Table 1's rule: own-set drop at least FACTOR x the random-set drop

@@ -184,3 +184,21 @@ def test_table_over_tasks_reuses_given_scores(tiny_model, parity_task, tmp_path,
                                          scores={"parity": 2 * scores}, progress=False)
     np.testing.assert_allclose(doubled.relevance, 2 * table.relevance, rtol=1e-6)
     np.testing.assert_allclose(doubled.measured_abs, table.measured_abs)
+
+
+def test_ablation_claims_decide_each_task_against_rho_min():
+    """Per task the claim carries the summary's rho and CI against RHO_MIN; the tally counts tasks."""
+    import pandas as pd
+
+    from nrnlib.experiments.verdicts import RHO_MIN, ablation_claims
+
+    summary = pd.DataFrame([
+        {"task": "a", "spearman": 0.8, "ci_low": 0.7, "ci_high": 0.9, "n_neurons": 50, "method": "m"},
+        {"task": "b", "spearman": 0.55, "ci_low": 0.3, "ci_high": 0.7, "n_neurons": 50, "method": "m"},
+        {"task": "c", "spearman": 0.2, "ci_low": 0.0, "ci_high": 0.4, "n_neurons": 50, "method": "m"}])
+    claims = ablation_claims(summary, "smoke", model_label="null model: ")
+    verdicts = {c.scope: c.verdict for c in claims if c.id.endswith("per_task")}
+    assert verdicts == {"null model: a": "holds", "null model: b": "inconclusive", "null model: c": "does not hold"}
+    [tally] = [c for c in claims if not c.id.endswith("per_task")]
+    assert RHO_MIN == claims[0].threshold and (tally.estimate, tally.ci_high) == (1, 2)
+    assert tally.verdict == "inconclusive"  # 2 of 3 needed: 1 holds, 1 open
