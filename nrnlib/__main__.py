@@ -31,9 +31,9 @@ QUIET_KERNEL_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "T
                     "NRN_NOTEBOOK_PNG": "1"}
 
 
-def execute_notebook(source: Path, timeout_s: int = 6 * 3600) -> float:
-    """Run a jupytext ``.py`` top to bottom and save the paired ``.ipynb`` with its outputs (the
-    kernel runs with ``QUIET_KERNEL_ENV``)."""
+def execute_notebook(source: Path, timeout_s: int = 6 * 3600, output: Path | None = None) -> float:
+    """Run a jupytext ``.py`` top to bottom and save the ``.ipynb`` with its outputs (the paired one
+    next to it, or ``output``; the kernel runs with ``QUIET_KERNEL_ENV``)."""
     import jupytext
     from nbclient import NotebookClient
 
@@ -43,7 +43,9 @@ def execute_notebook(source: Path, timeout_s: int = 6 * 3600) -> float:
     start = time.perf_counter()
     NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
                    resources={"metadata": {"path": str(source.parent)}}).execute()
-    jupytext.write(notebook, source.with_suffix(".ipynb"))
+    target = source.with_suffix(".ipynb") if output is None else output
+    target.parent.mkdir(parents=True, exist_ok=True)
+    jupytext.write(notebook, target)
     return time.perf_counter() - start
 
 
@@ -83,10 +85,18 @@ def reproduce(profile_name: str | None, only: list[str] | None) -> None:
     expected = (f"about {minutes:.0f} minutes on 2 CPU cores (uncached; much less on a GPU)" if minutes is not None
                 else "not timed on a CPU: run it on a GPU")
     print(f"Profile {profile.name!r}: {len(sources)} notebooks, expected {expected}.", flush=True)
+    out_dir = None
+    if profile.name == "smoke":  # a quick look never overwrites the committed notebooks, figures and results
+        out_dir = Path(os.environ.get("NRN_SMOKE_DIR") or Path.cwd() / ".nrn_cache" / "smoke")
+        if not os.environ.get("NRN_FIGURES"):
+            os.environ["NRN_FIGURES"] = str(out_dir / "figures")
+        print(f"  smoke: executed notebooks go to {out_dir / 'notebooks'}, figures and results to "
+              f"{os.environ['NRN_FIGURES']}", flush=True)
     total = time.perf_counter()
     for source in sources:
         print(f"  running {source.name} ...", flush=True)
-        print(f"  done {source.name} in {execute_notebook(source):.0f} s", flush=True)
+        target = None if out_dir is None else out_dir / "notebooks" / source.with_suffix(".ipynb").name
+        print(f"  done {source.name} in {execute_notebook(source, output=target):.0f} s", flush=True)
     print(f"All notebooks executed in {time.perf_counter() - total:.0f} s; figures in figures/.")
     from nrnlib import scorecard, store
 

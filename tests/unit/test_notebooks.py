@@ -1,6 +1,7 @@
 """Every notebook's percent-format .py (the source of truth) has a paired .ipynb with the same cells,
 so nbval (which runs the .ipynb files) tests what the .py says."""
 
+import os
 from pathlib import Path
 
 import jupytext
@@ -31,3 +32,24 @@ def test_paired_ipynb_has_the_same_cells(source):
 def test_has_a_parameters_cell(source):
     cells = jupytext.read(source).cells
     assert any("parameters" in c.metadata.get("tags", []) for c in cells), f"{source.name} has no parameters cell"
+
+
+def test_smoke_reproduce_never_writes_the_committed_notebooks_or_figures(tmp_path, monkeypatch):
+    """``reproduce`` under smoke sends executed notebooks and figures to the smoke folder; under
+    standard the notebooks are written in place."""
+    import nrnlib.__main__ as cli
+    import nrnlib.gallery
+
+    written = []
+    monkeypatch.setattr(cli, "execute_notebook", lambda source, output=None: written.append(output) or 0.0)
+    monkeypatch.setattr(nrnlib.gallery, "build_gallery", lambda: tmp_path / "index.html")
+    monkeypatch.setenv("NRN_SMOKE_DIR", str(tmp_path / "smoke"))
+    monkeypatch.setenv("NRN_FIGURES", "")
+    monkeypatch.setenv("NRN_PROFILE", "smoke")
+    cli.reproduce("smoke", ["00"])
+    assert written == [tmp_path / "smoke" / "notebooks" / "00_model_and_tasks.ipynb"]
+    assert os.environ["NRN_FIGURES"] == str(tmp_path / "smoke" / "figures")
+    monkeypatch.setenv("NRN_FIGURES", str(tmp_path / "standard-figures"))  # elsewhere: no scorecard rewrite
+    written.clear()
+    cli.reproduce("standard", ["00"])
+    assert written == [None]
