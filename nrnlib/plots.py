@@ -343,3 +343,26 @@ def cka_references_figure(mean: pd.DataFrame, title: str, ranges: Mapping[str, t
                      row=1, col=1)
     fig.update_layout(template=TEMPLATE, title=title)
     return fig
+
+
+def gap_figure(tables: Mapping[str, pd.DataFrame], title: str, delta: float = 0.0) -> go.Figure:
+    """The E − base gap per block with its 95% CI over tasks, one trace per task group (``tables``:
+    label → ``experiments.gap_ranges``' table: block, gap, ci_low, ci_high, closer); filled markers on
+    the blocks the gap rule calls closer (the whole CI above ``delta``, the dotted line)."""
+    fig = go.Figure()
+    for i, (label, table) in enumerate(tables.items()):
+        colour = px.colors.qualitative.Plotly[i % 10]
+        offset = 0.12 * (i - (len(tables) - 1) / 2)  # side by side, so the error bars do not overlap
+        fig.add_trace(go.Scatter(
+            x=table.block + 1 + offset, y=table.gap, mode="markers+lines", name=label, line=dict(color=colour, width=1),
+            marker=dict(color=[colour if c else "white" for c in table.closer], line=dict(color=colour, width=1.5),
+                        size=8),
+            error_y=dict(type="data", symmetric=False, array=table.ci_high - table.gap,
+                         arrayminus=table.gap - table.ci_low, color=colour),
+            customdata=list(zip(table.block + 1, table.ci_low, table.ci_high, strict=True)),
+            hovertemplate="block %{customdata[0]}: %{y:.4f} [%{customdata[1]:.4f}, %{customdata[2]:.4f}]<extra>"
+                          + label + "</extra>"))
+    fig.add_hline(y=delta, line_dash="dot", line_color="black")
+    fig.update_layout(template=TEMPLATE, title=title, xaxis_title="block (1 = first)",
+                      yaxis_title="CKA(E, C_t) − CKA(base, C_t), mean over tasks")
+    return fig

@@ -54,6 +54,20 @@ class Profile:
     max_steps: int = 300
     lr_grids: dict[str, tuple[float, ...]] = field(default_factory=lambda: {
         "neurons": (3e-4, 1e-3, 3e-3), "all": (1e-5, 3e-5, 1e-4), "lora": (1e-4, 3e-4, 1e-3)})
+    # notebook 07 (Paper B on its protocol: LoRA on q, v): the tasks E is trained on (None: every task of role
+    # "train") and the held-out tasks sharing no label with them; training examples per task and test prompts
+    # read per task (None: n_eval); LoRA learning rate, epochs and examples per step (Paper B: 5e-5, 3, 16);
+    # the tasks that get a ceiling (a second control, seed + 1) and the tasks whose controls read each other's
+    # prompts (cross-task controls); None: every task
+    lbl_seen: tuple[str, ...] | None = None
+    lbl_unseen: tuple[str, ...] = ("question_topic", "wordnet_category", "antonym", "hypernym")
+    n_lbl_train: int = 1000
+    n_lbl_read: int | None = None
+    lbl_lora_lr: float = 5e-5
+    lbl_lora_epochs: float = 3.0
+    lbl_lora_batch_size: int = 16
+    lbl_ceiling: tuple[str, ...] | None = None
+    lbl_cross: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,9 +105,10 @@ class Profile:
 # at 57 min (3,408 s with other work on the machine; 3,373 s of scoring summed) and 01 at 7 min (426 s;
 # 352 s of attribution) with the store (commit 068c490 / 810848a); standard 02 measured (516 conditions,
 # 11.5 s each on average, 5,945 s of scoring); 03 measured (96 arms, 90 trained 25 steps: 12,498 s of
-# training summed, plus scoring); 07 measured.
+# training summed, plus scoring); 07 on LoRA: smoke measured, standard estimated from measured per-step and
+# per-token costs on one thread (notebook 07's budget table).
 _SMOKE_MINUTES = {"00": 1.5, "01": 1.2, "02": 2.0, "03": 2.0, "07": 1.5}
-_STANDARD_MINUTES = {"00": 57, "01": 7, "02": 100, "03": 215, "07": 60}
+_STANDARD_MINUTES = {"00": 57, "01": 7, "02": 100, "03": 215, "07": 122}
 
 PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
@@ -102,7 +117,10 @@ PROFILES = {
                      n_deactivation=4, finetune_tasks=("word_polarity", "antonym"), n_finetune_eval=4,
                      ablation_tasks=("word_polarity", "antonym", "hypernym"), n_ablation_neurons=8,
                      dev_size=4, eval_every=2, patience=1, max_steps=4,
-                     lr_grids={"neurons": (1e-3,), "all": (3e-5,), "lora": (3e-4,)}),
+                     lr_grids={"neurons": (1e-3,), "all": (3e-5,), "lora": (3e-4,)},
+                     lbl_seen=("word_polarity", "reverse_dictionary"), lbl_unseen=("antonym", "hypernym"),
+                     n_lbl_train=4, n_lbl_read=8, lbl_lora_lr=3e-4, lbl_lora_epochs=1.0, lbl_lora_batch_size=4,
+                     lbl_ceiling=("word_polarity",), lbl_cross=("word_polarity", "reverse_dictionary")),
     "standard": Profile("standard", n_eval=60, n_attribution=64, n_train=400, finetune_steps=25,
                         seeds=(0, 1, 2), batch_size=16, shots=2, minutes_cpu=_STANDARD_MINUTES, n_eval_conditions=24,
                         k_grid=(0.02, 0.05, 0.10), finetune_batch_size=4, n_deactivation=32,
@@ -111,14 +129,23 @@ PROFILES = {
                         finetune_tasks=("word_polarity", "question_topic", "antonym", "reverse_dictionary"),
                         n_finetune_eval=48,
                         dev_size=32, eval_every=10, patience=2, max_steps=200,
-                        lr_grids={"neurons": (1e-3, 3e-3), "all": (3e-5,), "lora": (1e-4, 3e-4, 1e-3)}),
+                        lr_grids={"neurons": (1e-3, 3e-3), "all": (3e-5,), "lora": (1e-4, 3e-4, 1e-3)},
+                        # 07: LoRA lr fixed at 1e-3 (a pilot: 3e-4 still falling after 15 steps); 80 examples per task
+                        # and 60 prompts read (n_eval): about 2 h on one CPU thread (notebook 07's budget table)
+                        n_lbl_train=80, lbl_lora_lr=1e-3,
+                        lbl_ceiling=("word_polarity", "reverse_dictionary", "antonym", "hypernym"),
+                        lbl_cross=("word_polarity", "reverse_dictionary", "trivia_qa", "antonym", "hypernym")),
     "full": Profile("full", n_eval=500, n_attribution=256, n_train=1000, finetune_steps=300,
                     seeds=(0, 1, 2, 3, 4), batch_size=32, shots=2, minutes_cpu={},
                     n_eval_conditions=200, k_grid=(0.005, 0.01, 0.02, 0.05, 0.10), finetune_batch_size=16,
                     n_deactivation=200, n_finetune_eval=200, finetune_grid=True, all_arm_seeds=(0, 1, 2, 3, 4),
                     dev_size=100, eval_every=25, patience=4, max_steps=3000,
                     lr_grids={"neurons": (1e-4, 3e-4, 1e-3, 3e-3), "all": (3e-6, 1e-5, 3e-5, 1e-4),
-                              "lora": (5e-5, 1e-4, 3e-4, 1e-3)}),
+                              "lora": (5e-5, 1e-4, 3e-4, 1e-3)},
+                    # 07 on Paper B's protocol: lr 5e-5, 3 epochs, up to 1,000 prompts per task, every test prompt
+                    # up to n_eval read (200-500 per task), a ceiling and cross-task controls for every task
+                    n_lbl_train=1000, n_lbl_read=None, lbl_lora_lr=5e-5, lbl_lora_epochs=3.0, lbl_lora_batch_size=16,
+                    lbl_ceiling=None, lbl_cross=None),
 }
 
 
@@ -132,7 +159,7 @@ NOTEBOOK_SIZES = {
     "01": ("n_attribution",),
     "02": ("n_deactivation",),
     "03": ("n_train", "n_finetune_eval"),
-    "07": ("n_train", "n_eval"),
+    "07": ("n_eval",),  # test prompts read (smoke overrides it with n_lbl_read; training size: n_lbl_train)
 }
 
 

@@ -10,7 +10,8 @@ where it stopped and a rerun is instant.
 - ``neuron_finetuning``: notebook 03 (Paper A Table 2);
 - ``layer_by_layer``: notebook 07 (Paper B, CKA against single-task controls);
 - ``conditions``: one scored deactivation condition (notebook 02's cached unit of work);
-- ``verdicts``: the claims of notebooks 00, 01 and 02 (kept out of the modules that key the cache).
+- ``verdicts``: the claims of notebooks 00, 01 and 02 (kept out of the modules that key the cache);
+- ``layer_verdicts``: the claims of notebook 07 (likewise).
 """
 
 from nrnlib.experiments.attribution_vs_ablation import AblationCheck, ablation_check, ablation_check_table, draw_neurons
@@ -40,17 +41,31 @@ from nrnlib.experiments.detection import (
 )
 from nrnlib.experiments.layer_by_layer import (
     TAU_GRID,
+    UNSEEN,
     base_states,
+    check_unseen,
     cka_curves,
     cka_gap,
     gap_ranges,
     layer_ranges,
+    lbl_lora,
+    lbl_n_read,
+    lbl_plan,
+    lbl_tasks,
+    loss_summary,
+    loss_table,
     mean_curves,
     mossa_states,
     paper_b_ranges,
     primary_estimator,
     range_sweep,
     ranges_as_depth,
+)
+from nrnlib.experiments.layer_verdicts import (
+    beyond_format_claim,
+    early_similarity_claim,
+    layer_claims,
+    transition_claims,
 )
 from nrnlib.experiments.neuron_finetuning import Table2, TestMeasure, arm_summary, paired_per_example, table2
 from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_shot_table
@@ -66,6 +81,18 @@ from nrnlib.experiments.verdicts import (
 __all__ = [
     "AblationCheck",
     "TAU_GRID",
+    "UNSEEN",
+    "beyond_format_claim",
+    "check_unseen",
+    "early_similarity_claim",
+    "layer_claims",
+    "lbl_lora",
+    "lbl_n_read",
+    "lbl_plan",
+    "lbl_tasks",
+    "loss_summary",
+    "loss_table",
+    "transition_claims",
     "ablation_check",
     "ablation_check_table",
     "base_states",

@@ -110,24 +110,40 @@ def base_states(
                         code=READ_CODE, model=model, fingerprint=fingerprint, tasks=digests, fmt="tensors")
 
 
+def _subset(choice: bool | Sequence[str], tasks: Sequence[str], name: str) -> list[str]:
+    """``True``: every task; ``False``: none; a sequence: those tasks (each must be one of ``tasks``)."""
+    if isinstance(choice, bool):
+        return list(tasks) if choice else []
+    if isinstance(choice, str) or not isinstance(choice, Sequence):
+        raise ValueError(f"{name} must be True, False or a list of task names, got {choice!r}")
+    unknown = [t for t in choice if t not in tasks]
+    if unknown:
+        raise ValueError(f"{name} names tasks that are not among the tasks read, {list(tasks)}: {unknown}")
+    return [t for t in tasks if t in choice]
+
+
 def mossa_states(
     model, profile: Profile, tasks: Sequence[str], train_tasks: Sequence[str], lr: float = 1e-4, seed: int = 0,
-    method: str = "full", lora: LoraSettings | None = None, ceiling: bool = False, cross: bool = False,
-    n_train: int | None = None, n_read: int | None = None,
+    method: str = "full", lora: LoraSettings | None = None, ceiling: bool | Sequence[str] = False,
+    cross: bool | Sequence[str] = False, n_train: int | None = None, n_read: int | None = None,
 ) -> dict[str, dict]:
     """States ``[layers+1, n, d_model]`` per model kind and task; each trained model's states are one
     cache entry (key: model fingerprint, method and its settings, seed, the exact train and read
     examples, code), so an interrupted run resumes at the next model.
 
-    Returns ``{"base": {t: S}, "E": {t: S}, "control": {t: S_t(C_t)}, "losses": {name: curve}}`` and,
-    with ``ceiling``, ``"ceiling": {t: S_t(C_t trained with seed + 1)}``; with ``cross`` every control
-    reads every task, ``"cross": {u: {t: S_t(C_u)}}`` for u ≠ t. ``method``: ``"full"`` (``lr``,
-    ``profile.finetune_steps``) or ``"lora"`` (``lora``, default ``LoraSettings()``: Paper B's).
-    ``n_train`` / ``n_read``: training examples per task and test prompts read (default the profile's
-    ``n_train`` and ``n_eval``).
+    Returns ``{"base": {t: S}, "E": {t: S}, "control": {t: S_t(C_t)}, "losses": {name: curve},
+    "train_tasks": [...]}`` and, with ``ceiling``, ``"ceiling": {t: S_t(C_t trained with seed + 1)}``;
+    with ``cross`` every control reads every task, ``"cross": {u: {t: S_t(C_u)}}`` for u ≠ t.
+    ``ceiling`` / ``cross`` may also name a subset of ``tasks``: a ceiling for those tasks only, and
+    cross-task reads among those tasks only (each of their controls reads the others' prompts), to
+    fit a CPU budget. ``method``: ``"full"`` (``lr``, ``profile.finetune_steps``) or ``"lora"``
+    (``lora``, default ``LoraSettings()``: Paper B's). ``n_train`` / ``n_read``: training examples per
+    task and test prompts read (default the profile's ``n_train`` and ``n_eval``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    ceiling_tasks = _subset(ceiling, tasks, "ceiling")
+    cross_tasks = _subset(cross, tasks, "cross")
     lora = LoraSettings() if lora is None else lora
     n_train = profile.n_train if n_train is None else n_train
     n_read = profile.n_eval if n_read is None else n_read
@@ -149,22 +165,23 @@ def mossa_states(
             settings=settings, code=STATES_CODE if method == "full" else LORA_CODE, model=model, fingerprint=fp,
             tasks=digests, fmt="tensors")
 
-    out: dict[str, dict] = {"base": base_states(model, profile, tasks, n_read, fp), "control": {}, "losses": {}}
+    out: dict[str, dict] = {"base": base_states(model, profile, tasks, n_read, fp), "control": {}, "losses": {},
+                            "train_tasks": list(train_tasks)}
     e = states("E", train_tasks, tasks, profile.finetune_steps * len(train_tasks), seed)
     out["losses"]["E"] = e.pop(LOSSES)
     out["E"] = e
-    if cross:
+    if cross_tasks:
         out["cross"] = {}
-    if ceiling:
+    if ceiling_tasks:
         out["ceiling"] = {}
     for t in tqdm(list(tasks), desc="controls"):
-        read = list(tasks) if cross else [t]
+        read = cross_tasks if t in cross_tasks else [t]
         c = states("control", [t], read, profile.finetune_steps, seed)
         out["losses"][f"control:{t}"] = c.pop(LOSSES)
         out["control"][t] = c[t]
-        if cross:
+        if t in cross_tasks:
             out["cross"][t] = {u: s for u, s in c.items() if u != t}
-        if ceiling:
+        if t in ceiling_tasks:
             c2 = states("control", [t], [t], profile.finetune_steps, seed + 1)
             out["losses"][f"ceiling:{t}"] = c2.pop(LOSSES)
             out["ceiling"][t] = c2[t]
@@ -191,10 +208,12 @@ def cka_curves(
     ``model``: ``"E"`` and ``"base"``; ``"ceiling"`` (``C_t`` of seed + 1) where ``states`` has a
     ceiling; ``"floor"`` (the null model's states ``floor[t]``, from ``base_states`` on it) where
     ``floor`` is given; ``"cross"`` (``C_u`` read on t's prompts, ``other`` = u) where ``states`` has
-    cross-task reads. ``other`` is "" elsewhere."""
+    cross-task reads. ``other`` is "" elsewhere. A task is *seen* when E was trained on it
+    (``states["train_tasks"]``, from ``mossa_states``; without that key, when its role is "train")."""
+    trained = states.get("train_tasks")
     rows = []
     for task, control in states["control"].items():
-        seen = get_task(task).role == "train"
+        seen = task in trained if trained is not None else get_task(task).role == "train"
         for model_kind in ("E", "base"):
             rows += _rows(task, seen, model_kind, "", states[model_kind][task], control, kinds)
         if task in states.get("ceiling", {}):
@@ -357,3 +376,148 @@ def cka_gap(curves: pd.DataFrame, estimator: str = "linear") -> pd.DataFrame:
     gap = (mean["E"] - mean["base"]).rename("gap").reset_index()
     gap["tasks"] = gap.seen.map({True: "seen", False: "unseen"})
     return gap.drop(columns="seen")
+
+
+# --------------------------------------------------------------------------------------------------
+# notebook 07 on Paper B's protocol: tasks, LoRA settings, the plan of models, loss curves
+# --------------------------------------------------------------------------------------------------
+
+# Held-out tasks that share no label with a training task: headline_topic shares news_topic's five
+# labels, and definition inverts reverse_dictionary (word → gloss against gloss → word), so neither is
+# unseen in Paper B's sense.
+UNSEEN = ("question_topic", "wordnet_category", "antonym", "hypernym")
+
+
+def check_unseen(seen: Sequence[str], unseen: Sequence[str]) -> None:
+    """``ValueError`` when an unseen task is also seen, has role "train", or is a classification task
+    sharing a label word with a seen task (E would have learned to produce its answers)."""
+    if not seen:
+        raise ValueError("notebook 07 needs at least one seen task (the tasks E is trained on)")
+    both = sorted(set(seen) & set(unseen))
+    if both:
+        raise ValueError(f"tasks listed as both seen and unseen: {both}")
+    labels = {t: {w.lower() for w in get_task(t).labels or ()} for t in seen}
+    for u in unseen:
+        task = get_task(u)
+        if task.role == "train":
+            raise ValueError(f"unseen task {u!r} has role 'train': E may be trained on it; pick held-out tasks")
+        shared = {t: sorted(labels[t] & {w.lower() for w in task.labels or ()}) for t in seen}
+        shared = {t: s for t, s in shared.items() if s}
+        if shared:
+            raise ValueError(f"unseen task {u!r} shares labels with seen tasks {shared}: E learned those answers, "
+                             "so the task is not unseen; drop it from the unseen tasks")
+
+
+def lbl_tasks(profile: Profile) -> tuple[list[str], list[str]]:
+    """Notebook 07's (seen, unseen) tasks: ``profile.lbl_seen`` (None: every registered task of role
+    "train") and ``profile.lbl_unseen``, checked by :func:`check_unseen`."""
+    from nrnlib.tasks import list_tasks
+
+    seen = list(profile.lbl_seen) if profile.lbl_seen is not None else [
+        t for t in list_tasks() if get_task(t).role == "train"]
+    unseen = list(profile.lbl_unseen)
+    check_unseen(seen, unseen)
+    return seen, unseen
+
+
+def lbl_lora(profile: Profile) -> LoraSettings:
+    """Notebook 07's LoRA settings: Paper B's (``LoraSettings()``) with the profile's learning rate,
+    epochs and batch size (``lbl_lora_lr``, ``lbl_lora_epochs``, ``lbl_lora_batch_size``)."""
+    return LoraSettings(lr=profile.lbl_lora_lr, epochs=profile.lbl_lora_epochs, batch_size=profile.lbl_lora_batch_size)
+
+
+def lbl_n_read(profile: Profile) -> int:
+    """Test prompts read per task: ``profile.n_lbl_read``, else ``profile.n_eval``."""
+    return profile.n_lbl_read if profile.n_lbl_read is not None else profile.n_eval
+
+
+def _padded_train_tokens(model, tasks: Sequence[str], lora: LoraSettings, seed: int,
+                         n_train: int) -> tuple[int, int, int]:
+    """(examples, steps, padded tokens) of ``train_lora`` on these tasks: the same examples, seeded
+    order and batches, each batch padded to its longest prompt + answer."""
+    from nrnlib.finetune import _encode_items, _order, _training_items
+
+    encoded = _encode_items(model, _training_items([get_task(t) for t in tasks], n_train))
+    steps = lora.total_steps(len(encoded))
+    order = _order(len(encoded), seed)
+    tokens = 0
+    for _ in range(steps):
+        tokens += lora.batch_size * max(len(p) + len(a) for p, a in (encoded[next(order)]
+                                                                     for _ in range(lora.batch_size)))
+    return len(encoded), steps, tokens
+
+
+def _padded_read_tokens(model, task: str, n_read: int, batch_size: int) -> int:
+    """Padded prompt tokens ``last_token_states`` runs for ``task``'s first ``n_read`` test prompts."""
+    from nrnlib.encoding import example_ids
+
+    lengths = [len(example_ids(model, get_task(task), ex, with_answer=False)[0])
+               for ex in list(get_task(task).split("test"))[:n_read]]
+    return sum(len(lengths[i: i + batch_size]) * max(lengths[i: i + batch_size])
+               for i in range(0, len(lengths), batch_size))
+
+
+def lbl_plan(
+    model, profile: Profile, tasks: Sequence[str], train_tasks: Sequence[str], lora: LoraSettings,
+    ceiling: Sequence[str] = (), cross: Sequence[str] = (), seed: int = 0, n_train: int | None = None,
+    n_read: int | None = None, cost: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """One row per model ``mossa_states`` (plus the floor) will train or read: model, trained_on,
+    examples, steps (``lora.total_steps``), train_tokens (padded, exactly as ``train_lora`` batches
+    them), reads (tasks read), read_tokens (padded prompt tokens, batches of ``profile.batch_size``).
+
+    With ``cost`` = ``{"step_s", "train_token_s", "read_token_s"}`` (measured seconds per optimizer
+    step, per padded training token and per padded read token) a column ``seconds`` =
+    ``steps · step_s + train_tokens · train_token_s + read_tokens · read_token_s``."""
+    n_train = profile.n_lbl_train if n_train is None else n_train
+    n_read = lbl_n_read(profile) if n_read is None else n_read
+    reads = {t: _padded_read_tokens(model, t, n_read, profile.batch_size) for t in tasks}
+    rows = [{"model": "base", "trained_on": "", "examples": 0, "steps": 0, "train_tokens": 0,
+             "reads": len(tasks), "read_tokens": sum(reads.values())}]
+    rows.append({"model": "floor (null model)", "trained_on": "", "examples": 0, "steps": 0, "train_tokens": 0,
+                 "reads": len(tasks), "read_tokens": sum(reads.values())})
+    n, steps, tokens = _padded_train_tokens(model, train_tasks, lora, seed, n_train)
+    rows.append({"model": "E", "trained_on": "+".join(train_tasks), "examples": n, "steps": steps,
+                 "train_tokens": tokens, "reads": len(tasks), "read_tokens": sum(reads.values())})
+    for t in tasks:
+        n, steps, tokens = _padded_train_tokens(model, [t], lora, seed, n_train)
+        read = list(cross) if t in cross else [t]
+        rows.append({"model": f"control:{t}", "trained_on": t, "examples": n, "steps": steps, "train_tokens": tokens,
+                     "reads": len(read), "read_tokens": sum(reads[u] for u in read)})
+        if t in ceiling:
+            n, steps, tokens = _padded_train_tokens(model, [t], lora, seed + 1, n_train)
+            rows.append({"model": f"ceiling:{t}", "trained_on": t, "examples": n, "steps": steps,
+                         "train_tokens": tokens, "reads": 1, "read_tokens": reads[t]})
+    plan = pd.DataFrame(rows)
+    if cost is not None:
+        missing = {"step_s", "train_token_s", "read_token_s"} - set(cost)
+        if missing:
+            raise ValueError(f"cost needs step_s, train_token_s and read_token_s (seconds); missing {sorted(missing)}")
+        plan["seconds"] = (plan.steps * cost["step_s"] + plan.train_tokens * cost["train_token_s"]
+                           + plan.read_tokens * cost["read_token_s"])
+    return plan
+
+
+def loss_table(losses: Mapping[str, Tensor]) -> pd.DataFrame:
+    """Long table of training loss curves (``mossa_states(...)["losses"]``): model, step (1-based), loss."""
+    return pd.DataFrame([{"model": name, "step": i + 1, "loss": float(v)}
+                         for name, curve in losses.items() for i, v in enumerate(curve.tolist())])
+
+
+def loss_summary(losses: Mapping[str, Tensor]) -> pd.DataFrame:
+    """Per model: steps; loss_first / loss_last, the mean loss over the first and the last fifth of the
+    steps (at least one step each); fall = loss_first − loss_last; last_half_change, the least-squares
+    slope of the loss over the last half of the steps times their number (how much the loss still
+    moved at the end: near 0 once it has flattened; NaN with fewer than 4 steps)."""
+    rows = []
+    for name, curve in losses.items():
+        y = np.asarray(curve.tolist() if isinstance(curve, Tensor) else curve, dtype=float)
+        if y.size == 0:
+            raise ValueError(f"loss curve {name!r} is empty")
+        k = max(1, y.size // 5)
+        tail = y[y.size // 2:]
+        change = float(np.polyfit(np.arange(tail.size), tail, 1)[0] * tail.size) if y.size >= 4 else float("nan")
+        rows.append({"model": name, "steps": int(y.size), "loss_first": float(y[:k].mean()),
+                     "loss_last": float(y[-k:].mean()), "fall": float(y[:k].mean() - y[-k:].mean()),
+                     "last_half_change": change})
+    return pd.DataFrame(rows)

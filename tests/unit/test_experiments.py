@@ -1,5 +1,6 @@
 """The notebooks' experiment helpers, checked against hand computations on small inputs."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -227,6 +228,116 @@ def test_cka_gap_by_hand():
                                          ("a", True, "E", 0, float("nan")), ("a", True, "base", 0, float("nan"))]]
     gap = E.cka_gap(pd.DataFrame(rows)).set_index("tasks").gap
     assert gap["seen"] == pytest.approx((0.9 + 0.5) / 2 - (0.7 + 0.9) / 2) and gap["unseen"] == pytest.approx(0.2)
+
+
+def test_check_unseen_refuses_shared_labels_and_training_tasks():
+    """headline_topic answers with news_topic's labels; a role-"train" task may be in E; the profiles'
+    seen / unseen tasks pass."""
+    from nrnlib.profiles import get_profile
+    from nrnlib.tasks import get_task
+
+    E.check_unseen(["news_topic", "tweet_sentiment"], ["question_topic", "antonym"])
+    with pytest.raises(ValueError, match="shares labels"):
+        E.check_unseen(["news_topic"], ["headline_topic"])
+    with pytest.raises(ValueError, match="role 'train'"):
+        E.check_unseen(["news_topic"], ["word_polarity"])
+    with pytest.raises(ValueError, match="both seen and unseen"):
+        E.check_unseen(["antonym"], ["antonym"])
+    with pytest.raises(ValueError, match="at least one seen"):
+        E.check_unseen([], ["antonym"])
+    for name in ("smoke", "standard", "full"):
+        seen, unseen = E.lbl_tasks(get_profile(name))
+        assert set(unseen) <= set(E.UNSEEN) and all(get_task(t).role == "train" for t in seen)
+    assert E.lbl_tasks(get_profile("standard")) == (
+        ["tweet_sentiment", "news_topic", "word_polarity", "trivia_qa", "headline_generation", "reverse_dictionary"],
+        list(E.UNSEEN))
+    assert E.lbl_lora(get_profile("full")).lr == 5e-5 and E.lbl_n_read(get_profile("full")) == 500
+
+
+def test_mossa_states_ceiling_and_cross_on_a_subset(tiny_model, tmp_path, monkeypatch):
+    """A ceiling for one task only; cross-task reads among two of three tasks; seen = the tasks E was
+    trained on (here a held-out task), whatever their role."""
+    from dataclasses import replace
+
+    from nrnlib.profiles import get_profile
+
+    monkeypatch.setenv("NRN_CACHE", str(tmp_path))
+    profile = replace(get_profile("smoke"), n_eval=4, finetune_steps=1, finetune_batch_size=2, n_train=2)
+    tasks = ["word_polarity", "antonym", "hypernym"]
+    states = E.mossa_states(tiny_model, profile, tasks, ["antonym"], lr=1e-2, ceiling=["hypernym"],
+                            cross=["hypernym", "word_polarity"])
+    assert set(states["ceiling"]) == {"hypernym"} and states["train_tasks"] == ["antonym"]
+    assert {u: set(r) for u, r in states["cross"].items()} == {"word_polarity": {"hypernym"},
+                                                               "hypernym": {"word_polarity"}}
+    assert set(states["losses"]) == {"E", "control:word_polarity", "control:antonym", "control:hypernym",
+                                     "ceiling:hypernym"}
+    curves = E.cka_curves(states, kinds=("linear",))
+    assert curves.groupby("task").seen.first().to_dict() == {"antonym": True, "hypernym": False,
+                                                             "word_polarity": False}
+    cross = curves[curves.model == "cross"]
+    assert set(zip(cross.task, cross.other, strict=True)) == {("word_polarity", "hypernym"),
+                                                              ("hypernym", "word_polarity")}
+    with pytest.raises(ValueError, match="not among the tasks read"):
+        E.mossa_states(tiny_model, profile, tasks, ["antonym"], cross=["definition"])
+    with pytest.raises(ValueError, match="list of task names"):
+        E.mossa_states(tiny_model, profile, tasks, ["antonym"], ceiling="antonym")
+
+
+def test_lbl_plan_counts_the_tokens_the_trainer_and_the_reader_run(tiny_model, monkeypatch):
+    """The plan's steps and padded tokens equal what train_lora and last_token_states actually run
+    (recorded from the batches they pass to the model), and seconds follow the cost formula."""
+    from dataclasses import replace
+
+    from nrnlib import losses
+    from nrnlib.lora import LoraSettings, lora_target_names, train_lora
+    from nrnlib.model_state import restored_after
+    from nrnlib.profiles import get_profile
+    from nrnlib.representations import last_token_states
+    from nrnlib.tasks import get_task
+
+    if not lora_target_names(tiny_model):
+        pytest.skip("LoRA targets q_proj / v_proj (Llama); GPT-2 fuses them")
+    profile = replace(get_profile("smoke"), batch_size=3)
+    lora = LoraSettings(lr=1e-3, epochs=2, batch_size=3)
+    tasks = ["word_polarity", "antonym"]
+    cost = {"step_s": 2.0, "train_token_s": 0.01, "read_token_s": 0.001}
+    plan = E.lbl_plan(tiny_model, profile, tasks, tasks, lora, ceiling=["antonym"], cross=tasks, n_train=5,
+                      n_read=5, cost=cost).set_index("model")
+    trained, read = [], []
+    answer_loss, final_hidden = losses.answer_loss, losses.final_hidden
+    monkeypatch.setattr(losses, "answer_loss", lambda m, b: trained.append(b.input_ids.numel()) or answer_loss(m, b))
+    monkeypatch.setattr(losses, "final_hidden", lambda m, b: read.append(b.input_ids.numel()) or final_hidden(m, b))
+    for name, run_tasks, seed in (("E", tasks, 0), ("ceiling:antonym", ["antonym"], 1)):
+        trained.clear()
+        with restored_after(tiny_model):
+            train_lora(tiny_model, [get_task(t) for t in run_tasks], lora, seed=seed, n_train=5, progress=False)
+        assert plan.loc[name, "steps"] == len(trained) == lora.total_steps(5 * len(run_tasks))
+        assert plan.loc[name, "train_tokens"] == sum(trained)
+    for t in tasks:
+        read.clear()
+        last_token_states(tiny_model, get_task(t), n=5, batch_size=3, progress=False)
+        assert plan.loc[f"control:{t}", "read_tokens"] >= sum(read) > 0
+    assert plan.loc["ceiling:antonym", "read_tokens"] == sum(read)
+    assert plan.loc["base", "read_tokens"] == plan.loc["E", "read_tokens"] == plan.loc["control:antonym", "read_tokens"]
+    row = plan.loc["E"]
+    assert row.seconds == pytest.approx(row.steps * 2.0 + row.train_tokens * 0.01 + row.read_tokens * 0.001)
+    with pytest.raises(ValueError, match="step_s"):
+        E.lbl_plan(tiny_model, profile, tasks, tasks, lora, n_train=5, n_read=5, cost={"step_s": 1.0})
+
+
+def test_loss_summary_by_hand():
+    """10 steps falling 4, 3, then flat at 1: first fifth (2 steps) 3.5, last fifth 1, fall 2.5, and
+    the last half is flat."""
+    summary = E.loss_summary({"E": torch.tensor([4.0, 3.0] + [1.0] * 8), "c": torch.tensor([2.0, 1.0])})
+    row = summary.set_index("model").loc["E"]
+    assert (row.steps, row.loss_first, row.loss_last, row.fall) == (10, 3.5, 1.0, 2.5)
+    assert row.last_half_change == pytest.approx(0.0, abs=1e-12)
+    short = summary.set_index("model").loc["c"]
+    assert short.loss_first == 2.0 and short.loss_last == 1.0 and np.isnan(short.last_half_change)
+    table = E.loss_table({"E": torch.tensor([2.0, 1.0])})
+    assert table.to_dict(orient="list") == {"model": ["E", "E"], "step": [1, 2], "loss": [2.0, 1.0]}
+    ramp = E.loss_summary({"r": torch.arange(8.0)}).iloc[0]
+    assert ramp.last_half_change == pytest.approx(4.0)  # slope 1 per step over the last 4 steps
 
 
 def _tiny_protocol(**overrides):
