@@ -67,6 +67,15 @@ from nrnlib.experiments.layer_verdicts import (
     layer_claims,
     transition_claims,
 )
+from nrnlib.experiments.generalization import (
+    Sweep,
+    TasksMeasure,
+    curve_summary,
+    overlap_table,
+    proportion_sets,
+    proportion_sweep,
+    training_union,
+)
 from nrnlib.experiments.neuron_finetuning import Table2, TestMeasure, arm_summary, paired_per_example, table2
 from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_shot_table
 from nrnlib.experiments.verdicts import (
@@ -74,6 +83,7 @@ from nrnlib.experiments.verdicts import (
     deactivation_claims,
     detection_claims,
     finetuning_claims,
+    generalization_claims,
     specificity_claims,
     suite_claims,
 )
@@ -126,7 +136,15 @@ __all__ = [
     "iou_table",
     "k_curve_table",
     "mean_off_diagonal",
+    "Sweep",
     "Table2",
+    "TasksMeasure",
+    "curve_summary",
+    "generalization_claims",
+    "overlap_table",
+    "proportion_sets",
+    "proportion_sweep",
+    "training_union",
     "TestMeasure",
     "arm_summary",
     "paired_per_example",

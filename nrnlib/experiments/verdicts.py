@@ -14,6 +14,7 @@ from nrnlib.claims import (
     Claim,
     Estimate,
     bootstrap_ci,
+    correlation_ci,
     make_claim,
     off_diagonal_mean_ci,
     paired_difference_ci,
@@ -255,4 +256,105 @@ def finetuning_claims(rows: pd.DataFrame, profile: Profile | str, *, id: str = "
                           f"least {at_least} of {len(per_task)} tasks",
                 scope=f"{metric_label}; {cell} attribution, random {control}"
                       + (" (closest to the paper)" if paper_cell else ""), **common)]
+    return out
+
+
+MIN_POINTS = 8  # a rank correlation over fewer (category, p, task) points gets no verdict
+NO_TRANSFER_MARGIN = 0.5  # nats: a log-prob gain below this on the other category's tasks counts as no transfer
+
+
+def generalization_claims(rows: pd.DataFrame, profile: Profile | str, *, margin: float = NO_TRANSFER_MARGIN
+                          ) -> list[Claim]:
+    """Figure 2's verdicts from ``generalization.proportion_sweep``'s rows (log-prob gains over the
+    untrained model, per example; seeds and examples resampled crossed), rules fixed here:
+
+    - ``A.generalization.id_peak`` (per category, joint training): with ``p*`` the proportion below
+      the largest whose mean ID gain is highest, ``gain_ID(p*) − gain_ID(p_max) > 0`` (paired by seed
+      and example): some proportion below all neurons beats training all of them, i.e. ID rises then
+      falls. Picking ``p*`` on the same data favours the claim; the CI does not correct for it;
+    - ``A.generalization.ood_rise`` (per category, per held-out task of the category):
+      ``gain(p_max) − gain(p_min) > 0``; the tally over the tasks (⌈2/3⌉);
+    - ``A.generalization.no_cls_to_gen`` (per generation task, after joint classification training at
+      ``p_max``): the gain's CI lies below ``margin`` nats; the tally over the tasks;
+    - ``A.generalization.overlap_ood``: Spearman's ρ between the overlap ``IoU(N_x(p), N_y(p))`` and
+      the mean OOD (same category) gain over the (category, p, held-out task) points, > 0, CI over points
+      (only with at least ``MIN_POINTS`` points);
+    - ``A.generalization.individual_rise`` (per training task, individual training):
+      ``gain_ID(p_max) − gain_ID(p_min) > 0``; the tally."""
+    from nrnlib.experiments.generalization import ID, OOD_OTHER, OOD_SAME, gains
+
+    out: list[Claim] = []
+    common = dict(paper="A", notebook="04_generalization_overlap", profile=profile)
+    joint = rows[rows["mode"] == "joint"]
+    ps = sorted(joint.p.unique())
+    if len(ps) < 2:
+        raise ValueError("generalization_claims needs at least two proportions")
+    low, top = ps[0], ps[-1]
+
+    def arr(part: pd.DataFrame) -> np.ndarray:
+        return np.asarray(gains(part), dtype=float)
+
+    def rise(part: pd.DataFrame, id: str, scope: str, figure: str) -> Claim:
+        return make_claim(id, paper_value="-", statement=f"the gain rises from p = {low:g} to p = {top:g}",
+                          statistic=f"mean gain at p = {top:g} - mean gain at p = {low:g}, paired",
+                          estimate=bootstrap_ci(arr(part[part.p == top]) - arr(part[part.p == low]), design="crossed"),
+                          threshold=0.0, direction=">", unit="seeds x test examples", scope=scope, figure=figure,
+                          **common)
+
+    for category, part in joint.groupby("category", sort=False):
+        in_domain = part[part.relation == ID]
+        means = {p: in_domain[in_domain.p == p].logprob_gain.mean() for p in ps if p < top}
+        peak = max(means, key=means.get)
+        out.append(make_claim(
+            "A.generalization.id_peak", paper_value="Fig. 2: peak at 70% (classification) and 50% (generation)",
+            statement="in-domain performance first rises, then falls, as the proportion of trained neurons grows",
+            statistic=f"ID log-prob gain at the best p below {top:g} (p* = {peak:g}) - at p = {top:g}, paired",
+            estimate=bootstrap_ci(arr(in_domain[in_domain.p == peak]) - arr(in_domain[in_domain.p == top]),
+                                  design="crossed"),
+            threshold=0.0, direction=">", unit="seeds x test examples", scope=f"{category}; peak p* = {peak:g}",
+            figure="04_proportion_sweep", **common))
+        held_out = part[part.relation == OOD_SAME]
+        per_task = [rise(held_out[held_out.test_task == t], "A.generalization.ood_rise.per_task",
+                         f"{category} -> {t}", "04_proportion_sweep") for t in dict.fromkeys(held_out.test_task)]
+        if per_task:
+            at_least = _at_least(len(per_task))
+            out += per_task + [tally_claim(
+                "A.generalization.ood_rise", per_task, at_least, paper_value="Fig. 2: continuous increase",
+                statement=f"OOD (same category) log-prob gain rises with the proportion on at least {at_least} of "
+                          f"{len(per_task)} held-out tasks", scope=category, figure="04_proportion_sweep", **common)]
+    to_gen = joint[(joint.category == "classification") & (joint.relation == OOD_OTHER) & (joint.p == top)
+                   & (joint.test_category == "generation")]
+    per_task = [make_claim(
+        "A.generalization.no_cls_to_gen.per_task", paper_value="-",
+        statement=f"joint classification training does not raise a generation task's log-prob by {margin:g} nats",
+        statistic=f"mean log-prob gain at p = {top:g}", estimate=bootstrap_ci(arr(rows_t), design="crossed"),
+        threshold=margin, direction="<", unit="seeds x test examples", scope=t, figure="04_proportion_sweep", **common)
+        for t, rows_t in to_gen.groupby("test_task", sort=False)]
+    if per_task:
+        at_least = _at_least(len(per_task))
+        out += per_task + [tally_claim(
+            "A.generalization.no_cls_to_gen", per_task, at_least, paper_value="Fig. 2: no generalization observed",
+            statement=f"no transfer from classification to generation on at least {at_least} of {len(per_task)} "
+                      "generation tasks", scope=f"p = {top:g}", figure="04_proportion_sweep", **common)]
+    points = (joint[joint.relation == OOD_SAME].groupby(["category", "p", "test_task"])
+              .agg(overlap=("overlap", "mean"), gain=("logprob_gain", "mean")).reset_index())
+    if len(points) >= MIN_POINTS and points.overlap.nunique() > 1 and points.gain.nunique() > 1:
+        out.append(make_claim(
+            "A.generalization.overlap_ood", paper_value="Fig. 2: overlap 'surges' with the proportion",
+            statement="the more a held-out task's neurons overlap the training tasks', the more it gains",
+            statistic="Spearman's rho between IoU(N_x, N_y) and the mean OOD log-prob gain",
+            estimate=correlation_ci(points.overlap.to_numpy(), points.gain.to_numpy()), threshold=0.0,
+            direction=">", unit="(category, p, task) points", scope="OOD tasks of the same category",
+            figure="04_overlap", **common))
+    individual = rows[rows["mode"] == "individual"]
+    if not individual.empty and individual.p.nunique() >= 2:
+        low, top = individual.p.min(), individual.p.max()
+        per_task = [rise(part, "A.generalization.individual_rise.per_task", f"{t} alone", "04_proportion_sweep")
+                    for t, part in individual.groupby("test_task", sort=False)]
+        at_least = _at_least(len(per_task))
+        out += per_task + [tally_claim(
+            "A.generalization.individual_rise", per_task, at_least,
+            paper_value="ablation: continuous enhancement when each task is trained alone",
+            statement=f"trained alone, a task's ID gain rises with the proportion on at least {at_least} of "
+                      f"{len(per_task)} tasks", scope="individual training", figure="04_proportion_sweep", **common)]
     return out

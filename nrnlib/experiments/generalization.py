@@ -1,0 +1,219 @@
+"""Notebook 04 (Paper A Figure 2): specialization and generalization as the proportion of trained
+task neurons grows, with the overlap of training- and test-task neurons.
+
+- **Sets.** Task t's top-p set ``N_t(p)`` = the global top ``p`` fraction of its relevance scores
+  (``selection.select_neurons``; p = 1 is every MLP neuron). For a category with training tasks
+  ``x = {x_1, x_2, x_3}`` the trained set is the union ``N_x(p) = ∪_i N_{x_i}(p)``.
+- **Joint training** (``mode="joint"``): per category, train the three training tasks together (one
+  mixed stream, ``nrnlib.protocol``) updating only ``N_x(p)``, then score every test task: *ID* = the
+  training tasks' own test sets, *OOD (same category)* = the category's held-out tasks, *OOD (other
+  category)* = the other category's tasks.
+- **Individual training** (``mode="individual"``, Paper A's ablation): one model per training task,
+  trained on that task alone with its own ``N_t(p)``, scored on its own test set (ID).
+- **Overlap** of a test task y with the training tasks: ``IoU(N_x(p), N_y(p)) = |N_x ∩ N_y| / |N_x ∪ N_y|``.
+- **Gain**: per test example, the metric after training minus the untrained model's on the same
+  example (log-prob of the answer, and the decoded metric of ``neuron_finetuning.DECODED_METRIC``).
+
+One learning rate serves every arm of the sweep: chosen on the protocol's "neurons" grid at the
+reference proportion (10%, the sets of notebooks 02-03) and the first seed, by the mean best dev loss
+of the categories' joint runs (``protocol.choose_lr``); those runs are cached and reused. Each
+(mode, category or task, p, seed) is one cached ``protocol.run_arm``: an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from nrnlib.experiments.neuron_finetuning import DECODED_METRIC, MEASURE_CODE, TestMeasure, measure_untrained
+from nrnlib.model_state import model_fingerprint
+from nrnlib.neurons import NeuronSet
+from nrnlib.protocol import Arm, Protocol, choose_lr, run_arm
+from nrnlib.selection import select_neurons
+from nrnlib.tasks import get_task
+
+PROPORTIONS = (0.01, 0.05, 0.10, 0.30, 0.50, 0.70, 1.0)  # Paper A's sweep, 100% = every MLP neuron
+REFERENCE_P = 0.10  # where the sweep's lr is chosen
+ID, OOD_SAME, OOD_OTHER = "ID", "OOD (same category)", "OOD (other category)"
+MODES = ("joint", "individual")
+
+
+def proportion_sets(scores: Mapping[str, Float[Tensor, "n_layers d_mlp"]], p: float, model=None
+                    ) -> dict[str, NeuronSet]:
+    """``{task: N_t(p)}``: each task's global top-``p`` neurons by its relevance."""
+    return {t: select_neurons(s, k=p, name=f"{t}@{p:g}", model=model) for t, s in scores.items()}
+
+
+def training_union(sets: Mapping[str, NeuronSet], train_tasks: Sequence[str]) -> NeuronSet:
+    """``N_x = ∪_{t ∈ train_tasks} N_t``."""
+    if not train_tasks:
+        raise ValueError("training_union needs at least one training task")
+    first, *rest = (sets[t] for t in train_tasks)
+    return first.union(*rest) if rest else first
+
+
+def relation(test_task: str, category: str, train_tasks: Sequence[str]) -> str:
+    """ID when ``test_task`` was trained on, else OOD of the same or the other category."""
+    if test_task in train_tasks:
+        return ID
+    return OOD_SAME if get_task(test_task).category == category else OOD_OTHER
+
+
+def overlap_table(scores: Mapping[str, Tensor], proportions: Sequence[float],
+                  categories: Mapping[str, Sequence[str]], test_tasks: Sequence[str]) -> pd.DataFrame:
+    """Per category, proportion and test task: ``IoU(N_x(p), N_y(p))`` and the test task's relation."""
+    rows = []
+    for p in proportions:
+        sets = proportion_sets(scores, p)
+        for category, train in categories.items():
+            union = training_union(sets, train)
+            rows += [{"category": category, "p": p, "test_task": y, "relation": relation(y, category, train),
+                      "overlap": union.iou(sets[y]), "trained_fraction": union.fraction} for y in test_tasks]
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class TasksMeasure:
+    """``measure(model)``: every test task scored by its ``TestMeasure``, ``{task: result}``."""
+
+    measures: tuple[TestMeasure, ...]
+
+    def settings(self) -> dict[str, Any]:
+        return {"measure": "tests", "tasks": {m.task.name: m.settings() for m in self.measures}}
+
+    def __call__(self, model) -> dict[str, Any]:
+        start = time.perf_counter()
+        out = {m.task.name: m(model) for m in self.measures}
+        return {"tasks": out, "wall_s": time.perf_counter() - start}
+
+
+@dataclass
+class Sweep:
+    """``rows``: one per (mode, category, trained task, p, seed, test task) with the metrics, gains and
+    per-example values; ``untrained``: the untrained model's per-test-task results; ``lr``: the chosen
+    lr and every grid value's score; ``runs``: the ``protocol.run_arm`` results (loss curves)."""
+
+    rows: pd.DataFrame
+    untrained: dict[str, dict] = field(default_factory=dict)
+    lr: dict[str, Any] = field(default_factory=dict)
+    runs: list[dict] = field(default_factory=list)
+
+
+def _rows(mode: str, category: str, trained: str, p: float, seed: int, run: dict, results: Mapping[str, dict],
+          untrained: Mapping[str, dict], train_tasks: Sequence[str], overlap: Mapping[str, float]) -> list[dict]:
+    rows = []
+    for test, measured in results.items():
+        task = get_task(test)
+        key = DECODED_METRIC[task.category]
+        per, base = measured["per_example"], untrained[test]["per_example"]
+        gain = {m: [a - b for a, b in zip(per[m], base[m], strict=True)] for m in ("logprob", key)}
+        rows.append({"mode": mode, "category": category, "trained": trained, "p": p, "seed": seed,
+                     "test_task": test, "test_category": task.category,
+                     "relation": relation(test, category, train_tasks), "overlap": overlap.get(test),
+                     "lr": run["lr"], "best_step": run["curve"]["best_step"], "stopped": run["curve"]["stopped"],
+                     "logprob": sum(per["logprob"]) / len(per["logprob"]),
+                     "decoded": sum(per[key]) / len(per[key]), "decoded_metric": key,
+                     "logprob_gain": sum(gain["logprob"]) / len(gain["logprob"]),
+                     "decoded_gain": sum(gain[key]) / len(gain[key]),
+                     "per_example_gain": {"logprob": gain["logprob"], "decoded": gain[key]}})
+    return rows
+
+
+def proportion_sweep(
+    model, scores: Mapping[str, Tensor], protocol: Protocol, categories: Mapping[str, Sequence[str]],
+    test_tasks: Sequence[str], *, proportions: Sequence[float] = PROPORTIONS, seeds: Sequence[int] = (0, 1, 2),
+    individual_proportions: Sequence[float] = (), n_test: int = 24, reference_p: float = REFERENCE_P,
+    batch_size: int = 16, progress: bool = True,
+) -> Sweep:
+    """Figure 2's sweep (module docstring). ``scores[t]`` is every task's relevance (``relevance_scores``;
+    it needs the training and the test tasks); ``categories`` maps each category to its training
+    tasks; ``test_tasks`` are scored after every joint run (the training tasks among them are ID)."""
+    if not categories or not all(categories.values()):
+        raise ValueError("proportion_sweep: categories must map each category to its training tasks")
+    bad = [p for p in (*proportions, *individual_proportions, reference_p)
+           if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1]
+    if bad or not proportions or not seeds:
+        raise ValueError(f"proportion_sweep: proportions must lie in (0, 1] (got {bad}) and seeds must be non-empty")
+    missing = sorted(({t for train in categories.values() for t in train} | set(test_tasks)) - set(scores))
+    if missing:
+        raise ValueError(f"proportion_sweep: no relevance scores for {missing}")
+    fp = model_fingerprint(model)
+    measures = {t: TestMeasure(get_task(t), n_test, batch_size) for t in test_tasks}
+    everything = TasksMeasure(tuple(measures.values()))
+    out = Sweep(rows=pd.DataFrame())
+    out.untrained = {t: measure_untrained(model, m, fp) for t, m in measures.items()}
+    by_p = {p: proportion_sets(scores, p, model) for p in dict.fromkeys((reference_p, *proportions,
+                                                                         *individual_proportions))}
+    grid = protocol.grid("neurons")
+    n_individual = sum(len(train) for train in categories.values()) * len(individual_proportions) * len(seeds)
+    bar = tqdm(total=len(grid) * len(categories) + len(categories) * len(proportions) * len(seeds) + n_individual,
+               desc="Figure 2 arms", disable=not progress)
+
+    def joint(category: str, p: float, lr: float, seed: int) -> dict:
+        train = categories[category]
+        arm = Arm(f"joint:{category}:p={p:g}", "neurons", neurons=training_union(by_p[p], train))
+        bar.set_postfix_str(f"{arm.name} lr={lr:g} seed={seed}")
+        run = run_arm(model, [get_task(t) for t in train], arm, protocol, lr=lr, seed=seed, measure=everything,
+                      measure_settings=everything.settings(), measure_code=MEASURE_CODE, fingerprint=fp)
+        out.runs.append(run)
+        bar.update()
+        return run
+
+    scores_by_lr = {lr: sum(joint(c, reference_p, lr, seeds[0])["curve"]["best_dev_loss"] for c in categories)
+                    / len(categories) for lr in grid}
+    lr = choose_lr(scores_by_lr)
+    out.lr = {"lr": lr, "scores": scores_by_lr, "reference_p": reference_p}
+    rows = []
+    for seed in seeds:
+        for category, train in categories.items():
+            for p in proportions:
+                run = joint(category, p, lr, seed)
+                union = training_union(by_p[p], train)
+                overlap = {y: union.iou(by_p[p][y]) for y in test_tasks}
+                rows += _rows("joint", category, "+".join(train), p, seed, run, run["measure"]["tasks"],
+                              out.untrained, train, overlap)
+    for seed in seeds:
+        for category, train in categories.items():
+            for name in train:
+                for p in individual_proportions:
+                    arm = Arm(f"individual:{name}:p={p:g}", "neurons", neurons=by_p[p][name])
+                    bar.set_postfix_str(f"{arm.name} seed={seed}")
+                    run = run_arm(model, [get_task(name)], arm, protocol, lr=lr, seed=seed, measure=measures[name],
+                                  measure_settings=measures[name].settings(), measure_code=MEASURE_CODE,
+                                  fingerprint=fp)
+                    out.runs.append(run)
+                    bar.update()
+                    rows += _rows("individual", category, name, p, seed, run, {name: run["measure"]}, out.untrained,
+                                  [name], {name: 1.0})
+    bar.close()
+    out.rows = pd.DataFrame(rows)
+    return out
+
+
+def curve_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (mode, category, relation, p): the mean gain over test tasks, seeds and examples (log-prob
+    and decoded), the mean overlap, and the number of test tasks."""
+    return (rows.groupby(["mode", "category", "relation", "p"], sort=False)
+            .agg(logprob_gain=("logprob_gain", "mean"), decoded_gain=("decoded_gain", "mean"),
+                 overlap=("overlap", "mean"), tasks=("test_task", "nunique"), seeds=("seed", "nunique"))
+            .reset_index())
+
+
+def gains(rows: pd.DataFrame, metric: str = "logprob") -> list[list[float]]:
+    """The per-example gains of ``rows`` (one test task or several, the same seeds each) as a
+    [seed, example] array: per seed, the examples of every test task concatenated in row order."""
+    if rows.empty:
+        raise ValueError("gains: no rows")
+    out = []
+    for _, part in rows.groupby("seed", sort=True):
+        out.append([v for r in part.itertuples() for v in r.per_example_gain[metric]])
+    if len({len(r) for r in out}) != 1:
+        raise ValueError("gains: the seeds hold different numbers of examples")
+    return out
