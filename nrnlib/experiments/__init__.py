@@ -39,6 +39,15 @@ from nrnlib.experiments.detection import (
     relevance_scores,
     stability_table,
 )
+from nrnlib.experiments.generalization import (
+    Sweep,
+    TasksMeasure,
+    curve_summary,
+    overlap_table,
+    proportion_sets,
+    proportion_sweep,
+    training_union,
+)
 from nrnlib.experiments.layer_by_layer import (
     TAU_GRID,
     UNSEEN,
@@ -66,15 +75,6 @@ from nrnlib.experiments.layer_verdicts import (
     early_similarity_claim,
     layer_claims,
     transition_claims,
-)
-from nrnlib.experiments.generalization import (
-    Sweep,
-    TasksMeasure,
-    curve_summary,
-    overlap_table,
-    proportion_sets,
-    proportion_sweep,
-    training_union,
 )
 from nrnlib.experiments.neuron_finetuning import Table2, TestMeasure, arm_summary, paired_per_example, table2
 from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_shot_table
