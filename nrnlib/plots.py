@@ -366,3 +366,17 @@ def gap_figure(tables: Mapping[str, pd.DataFrame], title: str, delta: float = 0.
     fig.update_layout(template=TEMPLATE, title=title, xaxis_title="block (1 = first)",
                       yaxis_title="CKA(E, C_t) − CKA(base, C_t), mean over tasks")
     return fig
+
+
+def gain_curves_figure(curves: pd.DataFrame, title: str, y_title: str = "log-prob gain over the untrained model (nats)"
+                       ) -> go.Figure:
+    """Gain against the proportion of trained neurons (log x), one line per ``curve`` with its 95% CI
+    as error bars, one panel per trained ``category`` (``generalization.curve_cis``), a zero line."""
+    table = curves.assign(plus=curves.ci_high - curves.gain, minus=curves.gain - curves.ci_low)
+    fig = px.line(table, x="p", y="gain", color="curve", facet_col="category", markers=True, log_x=True,
+                  error_y="plus", error_y_minus="minus", template=TEMPLATE, title=title,
+                  labels={"p": "proportion of task neurons trained", "gain": y_title, "curve": ""})
+    fig.add_hline(y=0.0, line_dash="dot", line_color="black")
+    fig.for_each_annotation(lambda a: a.update(text=f"trained: {a.text.split('=', 1)[-1]}"))
+    fig.update_yaxes(matches=None, showticklabels=True)
+    return fig

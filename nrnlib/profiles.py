@@ -37,6 +37,12 @@ class Profile:
     # notebook 01's attribution-vs-ablation check: its tasks (None: notebook 02's) and neurons drawn per task
     ablation_tasks: tuple[str, ...] | None = None
     n_ablation_neurons: int = 50
+    # notebook 04 (Figure 2): its tasks (None: ``tasks``; the training tasks of each category are those with
+    # role "train"), the proportions of the joint sweep, those of individual training, and test examples per task
+    generalization_tasks: tuple[str, ...] | None = None
+    proportions: tuple[float, ...] = (0.01, 0.05, 0.10, 0.30, 0.50, 0.70, 1.0)
+    individual_proportions: tuple[float, ...] = (0.10, 0.50, 1.0)
+    n_generalization_eval: int = 24
     # notebook 03 (Table 2 on the protocol): its tasks (None: ``tasks``), test examples per arm, whether it
     # runs the whole grid of cells and random controls (else the paper's cell and control only), and the
     # seeds of the "all parameters" reference arm (None: the first seed)
@@ -92,6 +98,10 @@ class Profile:
         """Notebook 03's tasks: ``finetune_tasks``, else ``task_names()``."""
         return list(self.finetune_tasks) if self.finetune_tasks is not None else self.task_names()
 
+    def generalization_task_names(self) -> list[str]:
+        """Notebook 04's tasks: ``generalization_tasks``, else ``task_names()``."""
+        return list(self.generalization_tasks) if self.generalization_tasks is not None else self.task_names()
+
     def ablation_task_names(self) -> list[str]:
         """Notebook 01's attribution-vs-ablation tasks: ``ablation_tasks``, else notebook 02's."""
         return list(self.ablation_tasks) if self.ablation_tasks is not None else self.deactivation_task_names()
@@ -107,7 +117,7 @@ class Profile:
 # 11.5 s each on average, 5,945 s of scoring); 03 measured (96 arms, 90 trained 25 steps: 12,498 s of
 # training summed, plus scoring); 07 on LoRA: smoke measured, standard estimated from measured per-step and
 # per-token costs on one thread (notebook 07's budget table).
-_SMOKE_MINUTES = {"00": 1.5, "01": 1.2, "02": 2.0, "03": 2.0, "07": 1.5}
+_SMOKE_MINUTES = {"00": 1.5, "01": 1.8, "02": 2.0, "03": 2.0, "04": 2.0, "07": 1.5}
 _STANDARD_MINUTES = {"00": 57, "01": 7, "02": 100, "03": 215, "07": 122}
 
 PROFILES = {
@@ -116,6 +126,8 @@ PROFILES = {
                      tasks=("word_polarity", "tweet_sentiment", "antonym", "hypernym"), finetune_batch_size=2,
                      n_deactivation=4, finetune_tasks=("word_polarity", "antonym"), n_finetune_eval=4,
                      ablation_tasks=("word_polarity", "antonym", "hypernym"), n_ablation_neurons=8,
+                     generalization_tasks=("word_polarity", "question_topic", "reverse_dictionary", "antonym"),
+                     proportions=(0.10, 1.0), individual_proportions=(0.10,), n_generalization_eval=4,
                      dev_size=4, eval_every=2, patience=1, max_steps=4,
                      lr_grids={"neurons": (1e-3,), "all": (3e-5,), "lora": (3e-4,)},
                      lbl_seen=("word_polarity", "reverse_dictionary"), lbl_unseen=("antonym", "hypernym"),
@@ -138,7 +150,8 @@ PROFILES = {
     "full": Profile("full", n_eval=500, n_attribution=256, n_train=1000, finetune_steps=300,
                     seeds=(0, 1, 2, 3, 4), batch_size=32, shots=2, minutes_cpu={},
                     n_eval_conditions=200, k_grid=(0.005, 0.01, 0.02, 0.05, 0.10), finetune_batch_size=16,
-                    n_deactivation=200, n_finetune_eval=200, finetune_grid=True, all_arm_seeds=(0, 1, 2, 3, 4),
+                    n_deactivation=200, n_finetune_eval=200, n_generalization_eval=200, finetune_grid=True,
+                    all_arm_seeds=(0, 1, 2, 3, 4),
                     dev_size=100, eval_every=25, patience=4, max_steps=3000,
                     lr_grids={"neurons": (1e-4, 3e-4, 1e-3, 3e-3), "all": (3e-6, 1e-5, 3e-5, 1e-4),
                               "lora": (5e-5, 1e-4, 3e-4, 1e-3)},

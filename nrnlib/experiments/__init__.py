@@ -42,6 +42,7 @@ from nrnlib.experiments.detection import (
 from nrnlib.experiments.generalization import (
     Sweep,
     TasksMeasure,
+    curve_cis,
     curve_summary,
     overlap_table,
     proportion_sets,
@@ -139,6 +140,7 @@ __all__ = [
     "Sweep",
     "Table2",
     "TasksMeasure",
+    "curve_cis",
     "curve_summary",
     "generalization_claims",
     "overlap_table",

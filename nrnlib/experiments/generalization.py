@@ -217,3 +217,19 @@ def gains(rows: pd.DataFrame, metric: str = "logprob") -> list[list[float]]:
     if len({len(r) for r in out}) != 1:
         raise ValueError("gains: the seeds hold different numbers of examples")
     return out
+
+
+def curve_cis(rows: pd.DataFrame, metric: str = "logprob") -> pd.DataFrame:
+    """Per (mode, category, relation, p): the mean per-example gain over test tasks, seeds and examples
+    with its bootstrap 95% CI (seeds and examples resampled crossed), for the sweep's figure."""
+    from nrnlib.claims import bootstrap_ci
+
+    out = []
+    for (mode, category, rel, p), part in rows.groupby(["mode", "category", "relation", "p"], sort=False):
+        values = gains(part, metric)
+        est = bootstrap_ci(values, design="crossed") if len(values[0]) >= 2 else None
+        mean = sum(map(sum, values)) / sum(map(len, values))
+        out.append({"mode": mode, "category": category, "relation": rel, "p": p, "gain": mean,
+                    "ci_low": est.ci_low if est else mean, "ci_high": est.ci_high if est else mean,
+                    "curve": rel if mode == "joint" else "ID, trained alone"})
+    return pd.DataFrame(out)
