@@ -78,6 +78,13 @@ from nrnlib.experiments.layer_verdicts import (
     transition_claims,
 )
 from nrnlib.experiments.neuron_finetuning import Table2, TestMeasure, arm_summary, paired_per_example, table2
+from nrnlib.experiments.parameter_similarity import (
+    Figure3,
+    SimilarityMeasure,
+    layer_correlations,
+    similarity_by_layer,
+    similarity_models,
+)
 from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_shot_table
 from nrnlib.experiments.verdicts import (
     ablation_claims,
@@ -85,6 +92,7 @@ from nrnlib.experiments.verdicts import (
     detection_claims,
     finetuning_claims,
     generalization_claims,
+    similarity_claims,
     specificity_claims,
     suite_claims,
 )
@@ -137,10 +145,16 @@ __all__ = [
     "iou_table",
     "k_curve_table",
     "mean_off_diagonal",
+    "Figure3",
+    "SimilarityMeasure",
     "Sweep",
     "Table2",
     "TasksMeasure",
     "curve_cis",
+    "layer_correlations",
+    "similarity_by_layer",
+    "similarity_claims",
+    "similarity_models",
     "curve_summary",
     "generalization_claims",
     "overlap_table",

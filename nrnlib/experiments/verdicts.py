@@ -358,3 +358,56 @@ def generalization_claims(rows: pd.DataFrame, profile: Profile | str, *, margin:
             statement=f"trained alone, a task's ID gain rises with the proportion on at least {at_least} of "
                       f"{len(per_task)} tasks", scope="individual training", figure="04_proportion_sweep", **common)]
     return out
+
+
+def similarity_claims(rows: pd.DataFrame, profile: Profile | str, *, definition: str = "centroid") -> list[Claim]:
+    """Figure 3's verdicts from ``parameter_similarity.similarity_models``'s rows (trained models;
+    similarity and performance averaged over seeds per (model task i, held-out task j) pair), per
+    setting, over the deeper half of the layers (Paper A: "beyond a certain depth"):
+
+    - ``A.similarity.layer_correlation.per_layer``: Spearman's ρ between ``s_l(i, j)`` and j's log-prob
+      gain over the pairs, > 0, CI by resampling pairs (only with at least ``MIN_POINTS`` pairs); the
+      tally ``A.similarity.layer_correlation``: ρ > 0 in at least ⌈2/3⌉ of the deeper layers;
+    - ``ours.similarity.beyond_shuffled``: the mean over pairs of ``mean_{deeper l} (s_l − shuffled_l)``
+      > 0, CI over pairs: the sets are more alike than random sets of the same sizes per layer."""
+    out: list[Claim] = []
+    part = rows[(rows.stage == "trained") & (rows.definition == definition)]
+    if part.empty:
+        raise ValueError(f"similarity_claims: no trained rows for definition {definition!r}")
+    deep_from = (int(part.layer.max()) + 1) // 2
+    common = dict(notebook="05_parameter_similarity", figure="05_similarity_by_layer", profile=profile)
+    for setting, rows_s in part.groupby("setting", sort=False):
+        pairs = rows_s.groupby(["layer", "model_task", "test_task"], as_index=False)[
+            ["similarity", "shuffled", "logprob_gain"]].mean()
+        deep = pairs[pairs.layer >= deep_from]
+        per_layer = []
+        for layer, group in deep.groupby("layer"):
+            group = group.dropna(subset=["similarity"])
+            if len(group) < MIN_POINTS or group.similarity.nunique() < 2 or group.logprob_gain.nunique() < 2:
+                continue
+            per_layer.append(make_claim(
+                "A.similarity.layer_correlation.per_layer", paper="A", paper_value="-",
+                statement="the more alike the two tasks' neuron parameters in this layer, the more the held-out task "
+                          "gains", statistic=f"Spearman's rho between {definition} similarity and log-prob gain",
+                estimate=correlation_ci(group.similarity.to_numpy(), group.logprob_gain.to_numpy()), threshold=0.0,
+                direction=">", unit="(model, held-out task) pairs", scope=f"{setting}; layer {int(layer) + 1}",
+                **common))
+        if per_layer:
+            at_least = _at_least(len(per_layer))
+            out += per_layer + [tally_claim(
+                "A.similarity.layer_correlation", per_layer, at_least, paper="A",
+                paper_value="Fig. 3: high similarity in deeper layers, strongly correlated with performance",
+                statement=f"similarity correlates positively with the held-out task's gain in at least {at_least} "
+                          f"of the {len(per_layer)} deeper layers", unit="layers", scope=f"{setting}, {definition}",
+                **common)]
+        by_pair = deep.dropna(subset=["similarity", "shuffled"]).groupby(["model_task", "test_task"])
+        excess = (by_pair.similarity.mean() - by_pair.shuffled.mean()).to_numpy(float)
+        if len(excess) >= 2:
+            out.append(make_claim(
+                "ours.similarity.beyond_shuffled", paper="ours", paper_value="-",
+                statement="in the deeper layers the two tasks' neuron parameters are more alike than random sets of "
+                          "the same sizes",
+                statistic=f"mean over pairs of the deeper-layer mean of similarity - shuffled ({definition})",
+                estimate=bootstrap_ci(excess), threshold=0.0, direction=">", unit="(model, held-out task) pairs",
+                scope=f"{setting}, layers {deep_from + 1}+", **common))
+    return out
