@@ -63,6 +63,17 @@ def _part(curves: pd.DataFrame, estimator: str | None) -> tuple[pd.DataFrame, st
     return part, estimator
 
 
+def block_list(blocks: list[int]) -> str:
+    """1-based block numbers as runs: [1, 2, 3, 6, 10, 11] -> "1-3, 6, 10-11"."""
+    runs: list[list[int]] = []
+    for b in sorted(blocks):
+        if runs and b == runs[-1][1] + 1:
+            runs[-1][1] = b
+        else:
+            runs.append([b, b])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _n_blocks(curves: pd.DataFrame) -> int:
     return int(curves.layer.max())
 
@@ -168,7 +179,7 @@ def beyond_format_claim(
                       "at least 2")
     diff = (e.loc[tasks, closer] - cross.loc[tasks, closer]).mean(axis=1).dropna()
     _need_tasks(diff.to_numpy(), "beyond_format_claim")
-    blocks = f"blocks {', '.join(str(b) for b in closer)}"
+    blocks = f"blocks {block_list(closer)}"
     claim = make_claim(
         "ours.layer_by_layer.beyond_format", paper="ours",
         statement="Where E is closer to the controls than base is, it is closer to C_t than other tasks' controls "

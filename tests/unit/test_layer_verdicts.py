@@ -45,6 +45,7 @@ def _one(claims, id):
 
 def test_early_blocks_are_paper_b_shared_range_rescaled():
     assert V.early_blocks(32) == (0, 9) and V.early_blocks(N_BLOCKS) == (0, 2) and V.early_blocks(30) == (0, 8)
+    assert V.block_list([1, 2, 3, 6, 10, 11]) == "1-3, 6, 10-11" and V.block_list([5]) == "5"
 
 
 def test_early_similarity_by_hand():
@@ -108,7 +109,7 @@ def test_beyond_format_by_hand():
     assert claim.id == "ours.layer_by_layer.beyond_format" and claim.paper == "ours" and claim.n == 3
     assert claim.estimate == pytest.approx(0.10)
     assert 0.08 - 1e-12 <= claim.ci_low and claim.ci_high <= 0.12 + 1e-12 and claim.verdict == "holds"
-    assert "blocks 4, 5, 6" in claim.statistic and "blocks 4, 5, 6" in note
+    assert "blocks 4-6" in claim.statistic and "blocks 4-6" in note
     flipped = {t: [[2 * e[t][i] - v for i, v in enumerate(c)] for c in cs] for t, cs in cross.items()}
     assert V.beyond_format_claim(_table(base, e, cross=flipped), "smoke")[0].verdict == "does not hold"
 
