@@ -56,7 +56,9 @@
 # task: question topic, WordNet category, antonym, hypernym. Two held-out tasks are left out on purpose:
 # `headline_topic` uses the same five labels as `news_topic` (E learned to produce exactly those answers),
 # and `definition` (word → gloss) inverts `reverse_dictionary` (gloss → word) on the same WordNet glosses.
-# `experiments.check_unseen` refuses a held-out task that shares labels with a seen one.
+# `experiments.check_unseen` refuses a held-out task that shares labels with a seen one. The `smoke`
+# profile (CI) trains $E$ on two seen tasks and reads two unseen ones, a step or two per model: it checks
+# that the notebook runs, its numbers mean nothing.
 #
 # **LoRA** (`nrnlib.lora`, Paper B's settings from its code): rank 8, α 16, no dropout, AdamW, cosine
 # schedule without warm-up, 16 examples per step, 3 epochs over the training examples, gradient norm
@@ -95,6 +97,10 @@
 # - `ours.layer_by_layer.beyond_format`: over the blocks where $E$ is closer than base on seen tasks,
 #   CKA($E$, $C_t$) − mean$_u$ CKA($C_u$, $C_t$) > 0: what $E$ shares with $C_t$ there is specific to $t$,
 #   not the answer format every tuned model learns.
+#
+# Two caveats, stated before the run: a percentile bootstrap over 6 seen (or 4 unseen) tasks gives CIs
+# that are too narrow rather than too wide; and the gap rule tests 30 blocks one by one, so one block
+# clearing 0 by chance is likelier than 5%. Read a "transition" made of one isolated block with care.
 #
 # **Budget of the `standard` profile (one CPU thread, ≤ 2.5 h).** Measured on this project's 2-core
 # machine with one thread (the other core busy), SmolLM2-135M, LoRA at 16 examples per step: a step costs

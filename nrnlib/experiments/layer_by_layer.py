@@ -8,10 +8,10 @@ Models (all from the one loaded model, restored bit-exactly after each fine-tune
 
 Two training methods (``method``):
 
-- ``"full"`` (default, notebook 07 until it moves): every parameter, AdamW at ``lr``,
+- ``"full"`` (default, for backward compatibility): every parameter, AdamW at ``lr``,
   ``profile.finetune_steps`` steps per control and ``finetune_steps × (number of training tasks)``
   for E, so E sees each task about as often as that task's control does;
-- ``"lora"``: Paper B's protocol (``nrnlib.lora``: LoRA on q_proj and v_proj, r 8, α 16, lr 5e-5,
+- ``"lora"`` (notebook 07): Paper B's protocol (``nrnlib.lora``: LoRA on q_proj and v_proj, r 8, α 16, lr 5e-5,
   cosine, ``epochs`` over the training examples, 16 per step, from ``LoraSettings``); E then passes
   over the union of the training tasks' examples as many times as each control over its own.
 
@@ -498,20 +498,20 @@ def lbl_plan(
     return plan
 
 
-def loss_table(losses: Mapping[str, Tensor]) -> pd.DataFrame:
+def loss_table(losses: Mapping[str, Float[Tensor, " steps"]]) -> pd.DataFrame:
     """Long table of training loss curves (``mossa_states(...)["losses"]``): model, step (1-based), loss."""
     return pd.DataFrame([{"model": name, "step": i + 1, "loss": float(v)}
                          for name, curve in losses.items() for i, v in enumerate(curve.tolist())])
 
 
-def loss_summary(losses: Mapping[str, Tensor]) -> pd.DataFrame:
+def loss_summary(losses: Mapping[str, Float[Tensor, " steps"]]) -> pd.DataFrame:
     """Per model: steps; loss_first / loss_last, the mean loss over the first and the last fifth of the
     steps (at least one step each); fall = loss_first − loss_last; last_half_change, the least-squares
     slope of the loss over the last half of the steps times their number (how much the loss still
     moved at the end: near 0 once it has flattened; NaN with fewer than 4 steps)."""
     rows = []
     for name, curve in losses.items():
-        y = np.asarray(curve.tolist() if isinstance(curve, Tensor) else curve, dtype=float)
+        y = np.asarray(curve.tolist(), dtype=float)
         if y.size == 0:
             raise ValueError(f"loss curve {name!r} is empty")
         k = max(1, y.size // 5)
