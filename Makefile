@@ -43,8 +43,13 @@ reproduce: setup
 # Two passes: everything (unit + integration tests, notebooks under nbval) with nrnlib type-checked at run
 # time (jaxtyping + beartype, NRN_TYPECHECK=1), then the tests that pass deliberately wrong types to check
 # nrnlib's own error messages (marked wrong_type; the runtime checker would answer them first).
+# The first pass runs in TEST_WORKERS processes (pytest-xdist; one file per worker, so a notebook's cells
+# stay in order in one kernel) of one torch thread each: on 2 cores two single-threaded workers beat one
+# two-threaded process, and more threads than cores stall torch's thread pool.
+TEST_WORKERS ?= 2
 test: setup
-	NRN_TYPECHECK=1 NRN_PROFILE=smoke NRN_FIGURE_FORMATS=html NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) $(PY) -m pytest tests notebooks \
+	OMP_NUM_THREADS=1 NRN_TYPECHECK=1 NRN_PROFILE=smoke NRN_FIGURE_FORMATS=html NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) \
+	  $(PY) -m pytest tests notebooks -n $(TEST_WORKERS) --dist loadfile \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider -q
 	NRN_PROFILE=smoke NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) $(PY) -m pytest tests/unit -m wrong_type \
 	  -p no:cacheprovider -q

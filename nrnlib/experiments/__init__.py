@@ -50,26 +50,18 @@ from nrnlib.experiments.generalization import (
     training_union,
 )
 from nrnlib.experiments.layer_by_layer import (
-    TAU_GRID,
     UNSEEN,
     base_states,
     check_unseen,
     cka_curves,
-    cka_gap,
-    gap_ranges,
-    layer_ranges,
     lbl_lora,
     lbl_n_read,
     lbl_plan,
     lbl_tasks,
     loss_summary,
     loss_table,
-    mean_curves,
     mossa_states,
-    paper_b_ranges,
     primary_estimator,
-    range_sweep,
-    ranges_as_depth,
 )
 from nrnlib.experiments.layer_verdicts import (
     beyond_format_claim,
@@ -84,6 +76,16 @@ from nrnlib.experiments.parameter_similarity import (
     layer_correlations,
     similarity_by_layer,
     similarity_models,
+)
+from nrnlib.experiments.ranges import (
+    TAU_GRID,
+    cka_gap,
+    gap_ranges,
+    layer_ranges,
+    mean_curves,
+    paper_b_ranges,
+    range_sweep,
+    ranges_as_depth,
 )
 from nrnlib.experiments.suite import score_task, task_suite_table, zero_and_few_shot_table
 from nrnlib.experiments.verdicts import (

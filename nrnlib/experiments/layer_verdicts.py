@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from nrnlib.claims import N_BOOT, Claim, Estimate, bootstrap_ci, format_ci, make_claim
-from nrnlib.experiments.layer_by_layer import _estimator, gap_ranges, paper_b_ranges
+from nrnlib.experiments.ranges import _estimator, gap_ranges, paper_b_ranges
 from nrnlib.profiles import Profile
 
 EARLY_LEVEL = 0.90  # "high similarity" in the early blocks (Paper B reads it off its curves; no number given)

@@ -236,35 +236,35 @@ def _curves(b_by_task, e_by_task, estimator="linear"):
 def test_range_sweep_on_synthetic_curves():
     """b = base curve, e = E curve: at τ = 0.95 shared [0,3), transition [3,5); at τ = 0.85 the base
     stays above τ one block longer and E two more; at τ = 0.995 only block 0 is shared, no transition."""
-    from nrnlib.experiments import layer_by_layer as LBL
+    from nrnlib.experiments import ranges as LR
 
     b = [1.0, 0.99, 0.97, 0.9, 0.8, 0.7, 0.6, 0.5]
     e = [1.0, 0.99, 0.98, 0.97, 0.96, 0.86, 0.85, 0.6]
-    sweep = LBL.range_sweep(_curves({"t": b}, {"t": e}), taus=(0.85, 0.95, 0.995), estimator="linear")
+    sweep = LR.range_sweep(_curves({"t": b}, {"t": e}), taus=(0.85, 0.95, 0.995), estimator="linear")
     got = {(r.tau, r.range): (r.first, r.end) for r in sweep.itertuples()}
     assert got[(0.95, "shared")] == (0, 3) and got[(0.95, "transition")] == (3, 5)
     assert got[(0.95, "refinement")] == (5, 8)
     assert got[(0.85, "shared")] == (0, 4) and got[(0.85, "transition")] == (4, 7)
     assert got[(0.995, "shared")] == (0, 1) and got[(0.995, "transition")] == (1, 1)
     assert (sweep.blocks == sweep.end - sweep.first).all() and len(sweep) == 9
-    assert LBL.TAU_GRID[0] == 0.5 and LBL.TAU_GRID[-1] == 0.95 and len(LBL.TAU_GRID) == 10
+    assert LR.TAU_GRID[0] == 0.5 and LR.TAU_GRID[-1] == 0.95 and len(LR.TAU_GRID) == 10
 
 
 def test_gap_rule_on_synthetic_curves():
     """Three tasks whose E − base gap is 0.2 ± 0.01 on blocks 3-5 and 0 ± 0.01 elsewhere: transition
     [3, 6), shared [0, 3), refinement [6, 8); with δ = 0.3 no block clears it and all ranges are
     empty; the table's CI brackets each block's mean gap."""
-    from nrnlib.experiments import layer_by_layer as LBL
+    from nrnlib.experiments import ranges as LR
 
     b = {t: [0.9] * 8 for t in "abc"}
     noise = {"a": -0.01, "b": 0.0, "c": 0.01}
     e = {t: [0.9 + noise[t] + (0.2 if 3 <= i <= 5 else 0.0) for i in range(8)] for t in "abc"}
-    ranges, table = LBL.gap_ranges(_curves(b, e), estimator="linear")
+    ranges, table = LR.gap_ranges(_curves(b, e), estimator="linear")
     assert ranges == {"shared": (0, 3), "transition": (3, 6), "refinement": (6, 8)}
     assert list(table.block) == list(range(8)) and list(table.closer) == [False] * 3 + [True] * 3 + [False] * 2
     assert ((table.ci_low <= table.gap) & (table.gap <= table.ci_high)).all()
     assert table.gap[4] == pytest.approx(0.2)
-    none, _ = LBL.gap_ranges(_curves(b, e), delta=0.3, estimator="linear")
+    none, _ = LR.gap_ranges(_curves(b, e), delta=0.3, estimator="linear")
     assert none == {"shared": (0, 0), "transition": (0, 0), "refinement": (0, 0)}
 
 
@@ -273,6 +273,7 @@ def test_ceiling_of_identical_states_is_one_and_references_are_labelled():
     cross-task rows carry their model and ``other``; with n = 12 prompts in d = 20 dimensions the
     debiased estimator is the primary one; mean_curves labels the reference curves."""
     from nrnlib.experiments import layer_by_layer as LBL
+    from nrnlib.experiments import ranges as LR
 
     gen = torch.Generator().manual_seed(0)
 
@@ -293,7 +294,7 @@ def test_ceiling_of_identical_states_is_one_and_references_are_labelled():
                                                               ("word_polarity", "antonym")}
     assert set(curves[curves.primary].estimator) == {"debiased"} and (curves.n == 12).all()
     assert LBL.primary_estimator(600, 576) == "linear" and LBL.primary_estimator(60, 576) == "debiased"
-    mean = LBL.mean_curves(curves)
+    mean = LR.mean_curves(curves)
     assert set(mean.estimator) == {"debiased"}
     assert {"ceiling: C_t (seed + 1) vs C_t", "floor: random-init vs C_t", "cross-task: C_u vs C_t",
             "E vs C_t, seen tasks", "base vs C_t, unseen tasks"} <= set(mean.curve)
