@@ -391,6 +391,28 @@ def cached(
     return value
 
 
+def lookup(
+    kind: str, *, settings: Mapping[str, Any], code: Sequence[str], fingerprint: str | None = None,
+    tasks: Mapping[str, str] | None = None, fmt: str = "json",
+) -> Any | None:
+    """The value stored under the key, or None (a miss, an unreadable entry, or the cache disabled):
+    ``cached`` without computing, for runs that decide where to resume."""
+    if not cache_enabled():
+        return None
+    key = make_key(kind, settings, code, fingerprint=fingerprint, tasks=tasks)
+    hit = (_read_json if fmt == "json" else _read_tensors)(_entry_path(key, fmt), json.dumps(key, sort_keys=True))
+    if hit is None:
+        return None
+    _note(kind, hit[1], computed_now=False)
+    return hit[0]
+
+
+def entry_path(kind: str, *, settings: Mapping[str, Any], code: Sequence[str], fingerprint: str | None = None,
+               tasks: Mapping[str, str] | None = None, fmt: str = "json") -> Path:
+    """Where ``cached`` stores the entry of this key (e.g. to delete a checkpoint that is no longer needed)."""
+    return _entry_path(make_key(kind, settings, code, fingerprint=fingerprint, tasks=tasks), fmt)
+
+
 # --------------------------------------------------------------------------------------------------
 # results JSON
 # --------------------------------------------------------------------------------------------------

@@ -69,6 +69,8 @@ from nrnlib.experiments.layer_verdicts import (
     layer_claims,
     transition_claims,
 )
+from nrnlib.experiments.ncft import METHODS as NCFT_METHODS
+from nrnlib.experiments.ncft import performance_matrix, run_sequence, sequence_metrics, stage_neurons
 from nrnlib.experiments.neuron_finetuning import Table2, TestMeasure, arm_summary, paired_per_example, table2
 from nrnlib.experiments.parameter_similarity import (
     Figure3,
@@ -148,18 +150,22 @@ __all__ = [
     "k_curve_table",
     "mean_off_diagonal",
     "Figure3",
+    "NCFT_METHODS",
     "SimilarityMeasure",
     "Sweep",
     "Table2",
     "TasksMeasure",
     "curve_cis",
     "layer_correlations",
+    "run_sequence",
+    "sequence_metrics",
     "similarity_by_layer",
     "similarity_claims",
     "similarity_models",
     "curve_summary",
     "generalization_claims",
     "overlap_table",
+    "performance_matrix",
     "proportion_sets",
     "proportion_sweep",
     "training_union",
@@ -173,6 +179,7 @@ __all__ = [
     "score_condition",
     "score_task",
     "specificity_matrix",
+    "stage_neurons",
     "stability_table",
     "suite_claims",
     "task_suite_table",

@@ -228,3 +228,15 @@ def test_generated_outputs_do_not_make_the_commit_dirty(tmp_path, monkeypatch):
     assert not store.git_commit().endswith("+dirty")
     (tmp_path / "notebooks/n.py").write_text("v2")
     assert store.git_commit().endswith("+dirty")
+
+
+def test_lookup_reads_without_computing_and_entry_path_names_the_file(cache):
+    where = dict(settings={"a": 1}, code=("store",), fingerprint="fp", tasks={"t": "d"})
+    assert store.lookup("probe", **where) is None
+    assert store.cached("probe", lambda: {"v": 2}, **where) == {"v": 2}
+    assert store.lookup("probe", **where) == {"v": 2}
+    assert store.lookup("probe", **{**where, "settings": {"a": 2}}) is None
+    path = store.entry_path("probe", **where)
+    assert path.exists()
+    path.write_text("garbage")
+    assert store.lookup("probe", **where) is None  # unreadable: a miss, as for cached
