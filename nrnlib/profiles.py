@@ -43,6 +43,11 @@ class Profile:
     proportions: tuple[float, ...] = (0.01, 0.05, 0.10, 0.30, 0.50, 0.70, 1.0)
     individual_proportions: tuple[float, ...] = (0.10, 0.50, 1.0)
     n_generalization_eval: int = 24
+    # notebook 06 (NCFT, Table 3): the tasks of the sequence (the second order is the reverse), the methods
+    # (``experiments.NCFT_METHODS``) and test examples per task
+    ncft_tasks: tuple[str, ...] = ("word_polarity", "question_topic", "antonym", "reverse_dictionary")
+    ncft_methods: tuple[str, ...] = ("seqft", "ncft", "ncft_original", "random", "w_ncft")
+    n_ncft_eval: int = 24
     # notebook 03 (Table 2 on the protocol): its tasks (None: ``tasks``), test examples per arm, whether it
     # runs the whole grid of cells and random controls (else the paper's cell and control only), and the
     # seeds of the "all parameters" reference arm (None: the first seed)
@@ -118,7 +123,7 @@ class Profile:
 # about 140 min on 2 cores (4 tasks x 9 runs to convergence, from the per-step costs of
 # benchmarks/results/protocol_convergence_cpu.json); 07 on LoRA: smoke measured, standard estimated from
 # measured per-step and per-token costs on one thread (notebook 07's budget table).
-_SMOKE_MINUTES = {"00": 1.5, "01": 1.8, "02": 2.0, "03": 2.0, "04": 2.0, "05": 1.5, "07": 1.5}
+_SMOKE_MINUTES = {"00": 1.5, "01": 1.8, "02": 2.0, "03": 2.0, "04": 2.0, "05": 1.5, "06": 1.5, "07": 1.5}
 _STANDARD_MINUTES = {"00": 57, "01": 7, "02": 67, "03": 140, "07": 122}
 
 PROFILES = {
@@ -129,6 +134,7 @@ PROFILES = {
                      ablation_tasks=("word_polarity", "antonym", "hypernym"), n_ablation_neurons=8,
                      generalization_tasks=("word_polarity", "question_topic", "reverse_dictionary", "antonym"),
                      proportions=(0.10, 1.0), individual_proportions=(0.10,), n_generalization_eval=4,
+                     ncft_tasks=("word_polarity", "antonym"), ncft_methods=("seqft", "ncft", "w_ncft"), n_ncft_eval=4,
                      dev_size=4, eval_every=2, patience=1, max_steps=4,
                      lr_grids={"neurons": (1e-3,), "all": (3e-5,), "lora": (3e-4,)},
                      lbl_seen=("word_polarity", "reverse_dictionary"), lbl_unseen=("antonym", "hypernym"),
@@ -151,7 +157,8 @@ PROFILES = {
     "full": Profile("full", n_eval=500, n_attribution=256, n_train=1000, finetune_steps=300,
                     seeds=(0, 1, 2, 3, 4), batch_size=32, shots=2, minutes_cpu={},
                     n_eval_conditions=200, k_grid=(0.005, 0.01, 0.02, 0.05, 0.10), finetune_batch_size=16,
-                    n_deactivation=200, n_finetune_eval=200, n_generalization_eval=200, finetune_grid=True,
+                    n_deactivation=200, n_finetune_eval=200, n_generalization_eval=200, n_ncft_eval=200,
+                    finetune_grid=True,
                     all_arm_seeds=(0, 1, 2, 3, 4),
                     dev_size=100, eval_every=25, patience=4, max_steps=3000,
                     lr_grids={"neurons": (1e-4, 3e-4, 1e-3, 3e-3), "all": (3e-6, 1e-5, 3e-5, 1e-4),

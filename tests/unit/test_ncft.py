@@ -128,3 +128,25 @@ def test_a_sequence_needs_two_distinct_tasks(tiny_model, sequence_setup):
     with pytest.raises(ValueError, match="two distinct"):
         _run(tiny_model, sequence_setup[2], order=("parity", "parity"))
     assert store.cache_enabled()
+
+
+def test_ncft_claims_pair_methods_by_order_and_seed():
+    """Two (order, seed) pairs; ncft loses 0.5 less of task a than seqft on both, and learns the current
+    task 0.25 worse: forgetting holds (BWT gap 0.5), the current-task claim does not hold."""
+    from nrnlib.experiments.verdicts import ncft_claims
+
+    def seq(method, seed, after_b_on_a, current_shift):
+        def scores(a, b):
+            return {"a": {"per_example": {"logprob": [a, a]}}, "b": {"per_example": {"logprob": [b, b]}}}
+
+        return {"method": method, "order": ["a", "b"], "seed": seed, "untrained": scores(-3.0, -3.0),
+                "stages": [{"scores": scores(-1.0 + current_shift, -3.0)},
+                           {"scores": scores(after_b_on_a, -1.0 + current_shift)}]}
+
+    sequences = [seq("seqft", s, -2.0, 0.0) for s in (0, 1)] + [seq("ncft", 0, -1.5 - 0.25, -0.25),
+                                                                 seq("ncft", 1, -1.5 - 0.25, -0.25)]
+    claims = {c.id: c for c in ncft_claims(sequences, "smoke")}
+    forgetting = claims["A.ncft.forgetting"]
+    assert forgetting.estimate == pytest.approx(0.5) and forgetting.verdict == "holds"
+    current = claims["ours.ncft.ncft_current_task"]
+    assert current.estimate == pytest.approx(-0.25) and current.verdict == "does not hold"
