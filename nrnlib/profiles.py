@@ -145,6 +145,11 @@ PROFILES = {
                         k_grid=(0.02, 0.05, 0.10), finetune_batch_size=4, n_deactivation=32,
                         deactivation_tasks=("word_polarity", "tweet_sentiment", "question_topic", "reverse_dictionary",
                                             "antonym", "trivia_qa"),
+                        # 01's ablation check: 30 neurons on 4 tasks (about 250 single-neuron passes over 64 examples
+                        # for the trained and the null model, about 35 min on 2 cores; 50 neurons on 6 tasks would
+                        # take about 90)
+                        ablation_tasks=("word_polarity", "tweet_sentiment", "reverse_dictionary", "antonym"),
+                        n_ablation_neurons=30,
                         finetune_tasks=("word_polarity", "question_topic", "antonym", "reverse_dictionary"),
                         n_finetune_eval=48,
                         dev_size=32, eval_every=10, patience=2, max_steps=200,
