@@ -119,12 +119,13 @@ class Profile:
 # Minutes per notebook on this project's 2-core CPU machine, uncached: smoke measured; standard 00 measured
 # at 57 min (3,408 s with other work on the machine; 3,373 s of scoring summed) and 01 at 7 min (426 s;
 # 352 s of attribution) with the store (commit 068c490 / 810848a); standard 02 over the grid measured at
-# 67 min (4,002 s from a clean clone at f7e936f, attribution included); 03 on the protocol estimated at
+# 67 min (4,002 s from a clean clone at f7e936f, attribution included); 01 with the ablation check and
+# the null model measured at 29 min (1,741 s at a0b7447, with 02's attribution in the cache); 03 on the protocol estimated at
 # about 140 min on 2 cores (4 tasks x 9 runs to convergence, from the per-step costs of
 # benchmarks/results/protocol_convergence_cpu.json); 07 on LoRA: smoke measured, standard estimated from
 # measured per-step and per-token costs on one thread (notebook 07's budget table).
 _SMOKE_MINUTES = {"00": 1.5, "01": 1.8, "02": 2.0, "03": 2.0, "04": 2.0, "05": 1.5, "06": 1.5, "07": 1.5}
-_STANDARD_MINUTES = {"00": 57, "01": 7, "02": 67, "03": 140, "07": 122}
+_STANDARD_MINUTES = {"00": 57, "01": 29, "02": 67, "03": 140, "07": 122}
 
 PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
