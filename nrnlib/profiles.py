@@ -120,8 +120,8 @@ class Profile:
 # at 57 min (3,408 s with other work on the machine; 3,373 s of scoring summed) and 01 at 7 min (426 s;
 # 352 s of attribution) with the store (commit 068c490 / 810848a); standard 02 over the grid measured at
 # 67 min (4,002 s from a clean clone at f7e936f, attribution included); 01 with the ablation check and
-# the null model measured at 29 min (1,741 s at a0b7447, with 02's attribution in the cache); 03 on the protocol estimated at
-# about 140 min on 2 cores (4 tasks x 9 runs to convergence, from the per-step costs of
+# the null model measured at 29 min (1,741 s at a0b7447, with 02's attribution in the cache); 03 on the
+# protocol estimated at about 140 min on 2 cores (4 tasks x 9 runs to convergence, from the per-step costs of
 # benchmarks/results/protocol_convergence_cpu.json); 07 on LoRA: smoke measured, standard estimated from
 # measured per-step and per-token costs on one thread (notebook 07's budget table).
 _SMOKE_MINUTES = {"00": 1.5, "01": 1.8, "02": 2.0, "03": 2.0, "04": 2.0, "05": 1.5, "06": 1.5, "07": 1.5}
