@@ -35,7 +35,7 @@ from nrnlib import store
 from nrnlib.evaluate import evaluate
 from nrnlib.model_state import model_fingerprint
 from nrnlib.neurons import RANDOM_MATCHES, NeuronSet
-from nrnlib.protocol import Arm, Protocol, choose_lr, run_arm
+from nrnlib.protocol import Arm, Protocol, run_arm, select_lr
 from nrnlib.tasks import get_task
 
 ARMS = ("none", "task", "random", "all")
@@ -156,28 +156,35 @@ def table2(
         bar.update()
         return result
 
+    def select(task, measure: TestMeasure, arms: list[Arm], seed: int) -> tuple[dict, list[dict]]:
+        """``protocol.select_lr`` over ``arms``: the chosen lr with every grid value's score, and the
+        arms' runs at that lr (in the arms' order)."""
+        bar.set_postfix_str(f"lr grid of the {arms[0].arm_type} arms, {task.name}")
+        chosen = select_lr(model, [task], arms, protocol, seed=seed, measure=measure,
+                           measure_settings=measure.settings(), measure_code=MEASURE_CODE, fingerprint=fp)
+        out.runs.extend(chosen["runs"])
+        bar.update(len(chosen["runs"]))
+        i = list(chosen["scores"]).index(chosen["lr"])
+        return {"lr": chosen["lr"], "scores": chosen["scores"]}, chosen["runs"][i * len(arms):(i + 1) * len(arms)]
+
     for name in tasks:
         task = get_task(name)
         measure = TestMeasure(task, n_test, batch_size)
         rows.append(_row(task, "none", "-", "-", None, measure_untrained(model, measure, fp), None))
         out.lr[name] = {}
         first = _neuron_arms(name, sets_by_cell, controls, seeds[0])
-        by_lr = {lr: [run(task, measure, arm, lr, seeds[0]) for *_, arm in first] for lr in protocol.grid("neurons")}
-        scores = {v: sum(r["curve"]["best_dev_loss"] for r in runs) / len(runs) for v, runs in by_lr.items()}
-        lr = choose_lr(scores)
-        out.lr[name]["neurons"] = {"lr": lr, "scores": scores}
+        out.lr[name]["neurons"], first_runs = select(task, measure, [arm for *_, arm in first], seeds[0])
+        lr = out.lr[name]["neurons"]["lr"]
         for seed in seeds:
             arms = first if seed == seeds[0] else _neuron_arms(name, sets_by_cell, controls, seed)
-            results = by_lr[lr] if seed == seeds[0] else [run(task, measure, arm, lr, seed) for *_, arm in arms]
+            results = first_runs if seed == seeds[0] else [run(task, measure, arm, lr, seed) for *_, arm in arms]
             rows += [_row(task, kind, cell, control, seed, r["measure"], r)
                      for (kind, cell, control, _), r in zip(arms, results, strict=True)]
         if all_seeds:
             every = Arm(f"all:{name}", "all")
-            by_lr = {v: run(task, measure, every, v, all_seeds[0]) for v in protocol.grid("all")}
-            lr_all = choose_lr({v: r["curve"]["best_dev_loss"] for v, r in by_lr.items()})
-            out.lr[name]["all"] = {"lr": lr_all, "scores": {v: r["curve"]["best_dev_loss"] for v, r in by_lr.items()}}
+            out.lr[name]["all"], [first_all] = select(task, measure, [every], all_seeds[0])
             for seed in all_seeds:
-                r = by_lr[lr_all] if seed == all_seeds[0] else run(task, measure, every, lr_all, seed)
+                r = first_all if seed == all_seeds[0] else run(task, measure, every, out.lr[name]["all"]["lr"], seed)
                 rows.append(_row(task, "all", "-", "-", seed, r["measure"], r))
     bar.close()
     out.rows = pd.DataFrame(rows)
