@@ -102,7 +102,11 @@ for t in tasks:
 # $g^2$). Only the task neurons' slices may move: rows $j$ of `mlp.gate` and `mlp.in` (gate and up
 # projections, Hugging Face layout `[d_mlp, d_model]`) and columns $j$ of `mlp.out` (down projection).
 # We compute the full gradient with plain autograd, keep those slices, apply the step, and compare with
-# one step of `nrnlib.finetune.training` on the same batch.
+# one step of `nrnlib.finetune.training` on the same batch. One subtlety: where $|g|$ is as small as
+# $\epsilon = 10^{-8}$, $g/(|g|+\epsilon)$ turns on the last bits of $g$, and the trainer computes the same
+# gradient by a different summation order (it differentiates the neurons' slices, not whole matrices).
+# So the step must match to $10^{-6}$ wherever $|g| \ge 100\epsilon$; on the few entries below that it
+# must only stay within one step, $\mathrm{lr}$.
 
 # %%
 LR_CHECK = 1e-3
@@ -115,6 +119,7 @@ before = {key: w.detach().clone() for key, w in mlp_weights.items()}
 model.zero_grad(set_to_none=True)
 losses.answer_loss(model, batch).backward()
 by_hand = {}  # the expected weights after one step: a copy with only the neurons' slices moved
+tiny_gradient = {}  # entries whose |g| is within 100 eps of zero
 for (layer, name), weight in mlp_weights.items():
     new, j = before[(layer, name)].clone(), own0.indices(layer)
     if len(j):
@@ -122,17 +127,24 @@ for (layer, name), weight in mlp_weights.items():
         index = (slice(None), j) if name == "out" else (j, slice(None))
         new[index] -= LR_CHECK * g[index] / (g[index].abs() + 1e-8)
     by_hand[(layer, name)] = new
+    tiny_gradient[(layer, name)] = weight.grad.abs() < 100 * 1e-8
 model.zero_grad(set_to_none=True)
 with restored_after(model):
     with training(model, own0, lr=LR_CHECK) as trainer:
         trainer.step(batch)
-    worst = max((mlp_weights[key].detach() - expected).abs().max().item() for key, expected in by_hand.items())
+    gaps = {key: (mlp_weights[key].detach() - expected).abs() for key, expected in by_hand.items()}
+    worst = max(gap[~tiny_gradient[key]].max().item() for key, gap in gaps.items())
+    worst_tiny = max((gap[tiny_gradient[key]].max().item() if tiny_gradient[key].any() else 0.0)
+                     for key, gap in gaps.items())
     other_layers_identical = all(torch.equal(mlp_weights[key], before[key]) for key in by_hand
                                  if not len(own0.indices(key[0])))
 moved = sum(int((by_hand[key] != before[key]).sum()) for key in by_hand)
+n_tiny = sum(int((tiny_gradient[key] & (by_hand[key] != before[key])).sum()) for key in by_hand)
 print(f"{own0.count} neurons in {len(own0.layers())} layers; {moved:,} weights moved by hand; largest "
-      f"|library − by hand| = {worst:.2e}; layers without task neurons bit-identical: {other_layers_identical}")
-assert worst < 1e-6 and other_layers_identical, worst
+      f"|library − by hand| = {worst:.2e} where |g| ≥ 1e-6 ({worst_tiny:.2e} on the "
+      f"{n_tiny:,} trained entries below); layers without task neurons "
+      f"bit-identical: {other_layers_identical}")
+assert worst < 1e-6 and worst_tiny <= LR_CHECK and other_layers_identical, (worst, worst_tiny)
 
 # %% [markdown]
 # ## 3. Table 2 on the protocol
