@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from nrnlib import encoding, losses
 from nrnlib.checks import check_float, check_int
-from nrnlib.finetune import TrainLog, _encode_items, _order, _training_items
+from nrnlib.finetune import NonFiniteLossError, TrainLog, _encode_items, _order, _training_items
 from nrnlib.model_state import unique_parameters
 from nrnlib.tasks import as_task
 
@@ -223,6 +223,72 @@ def _clip_norm(params: list[nn.Parameter], max_norm: float) -> Float[Tensor, ""]
     return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
+class LoraTrainer:
+    """One LoRA training run in progress (a ``protocol.TrainerLike``): AdamW over the adapters'
+    ``A`` and ``B`` (β = (0.9, 0.999), ε = 1e-8), gradient-norm clipping at ``max_grad_norm``.
+    ``step`` is forward + backward on ``losses.answer_loss``, a finiteness check before any update,
+    clipping, the AdamW step; ``state``/``load_state`` copy the adapters out and back."""
+
+    def __init__(self, model, layers: Sequence[nn.Module], lr: float, weight_decay: float,
+                 max_grad_norm: float) -> None:
+        self.model, self.params = model, adapter_parameters(layers)
+        self.n_trainable_entries = sum(p.numel() for p in self.params)
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
+        self.max_grad_norm = max_grad_norm
+        self.last_grad_norm = math.nan
+        self.steps = 0
+
+    def step(self, batch: encoding.EncodedBatch, total: int | None = None) -> float:
+        loss = losses.answer_loss(self.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            of = f" of {total}" if total is not None else ""
+            raise NonFiniteLossError(f"LoRA: the loss at step {self.steps + 1}{of} is {value}; stopped before "
+                                     f"training on it. Lower lr (now {self.optimizer.defaults['lr']:g}).")
+        self.last_grad_norm = float(_clip_norm(self.params, self.max_grad_norm))
+        self.optimizer.step()
+        self.steps += 1
+        return value
+
+    def state(self) -> list[Tensor]:
+        return [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def load_state(self, state: Sequence[Tensor]) -> None:
+        for p, saved in zip(self.params, state, strict=True):
+            p.copy_(saved)
+
+
+def _merge(layers: Sequence[nn.Module]) -> None:
+    with torch.no_grad():
+        for layer in layers:
+            layer.merge(adapter_names=[ADAPTER])
+
+
+def lora_training(settings: LoraSettings = LoraSettings(), seed: int = 0):  # noqa: ANN201 - a factory
+    """A ``protocol.train_to_convergence`` trainer factory: a fresh adapter (``settings``' targets,
+    rank, alpha, dropout; A drawn from ``seed``) trained at a constant lr (the protocol's, not
+    ``settings.lr``: a run's length is not known in advance, so there is no cosine schedule) and
+    merged into the base weights when the block ends without an error (sequential LoRA in notebook
+    06: each stage's adapter becomes part of the next stage's base)."""
+
+    @contextlib.contextmanager
+    def factory(model, lr: float, weight_decay: float) -> Iterator[LoraTrainer]:
+        with lora_adapter(model, settings, seed) as layers:
+            trainer = LoraTrainer(model, layers, lr, weight_decay, settings.max_grad_norm)
+            model.train()
+            try:
+                yield trainer
+            finally:
+                model.eval()
+                trainer.optimizer.zero_grad(set_to_none=True)
+            _merge(layers)
+
+    return factory
+
+
 def train_lora(
     model,
     tasks,
@@ -254,35 +320,24 @@ def train_lora(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # LoRA dropout, where it is not 0
         with lora_adapter(model, settings, seed) as layers:
-            params = adapter_parameters(layers)
-            log.n_trainable_entries = sum(p.numel() for p in params)
-            optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.999), eps=1e-8,
-                                          weight_decay=settings.weight_decay)
+            trainer = LoraTrainer(model, layers, settings.lr, settings.weight_decay, settings.max_grad_norm)
+            log.n_trainable_entries = trainer.n_trainable_entries
             schedule = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda t: cosine_factor(t, total, settings.warmup_steps))
+                trainer.optimizer, lambda t: cosine_factor(t, total, settings.warmup_steps))
             model.train()
             try:
-                for step in tqdm(range(total), desc="lora", disable=not progress, leave=False):
+                for _ in tqdm(range(total), desc="lora", disable=not progress, leave=False):
                     chosen = [encoded[next(order)] for _ in range(settings.batch_size)]
                     batch = encoding.pad_batch([c[0] for c in chosen], [c[1] for c in chosen], pad).to(device)
-                    loss = losses.answer_loss(model, batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise FloatingPointError(f"train_lora: the loss at step {step + 1} of {total} is {value}; "
-                                                 f"stopped before training on it. Lower lr (now {settings.lr:g}).")
-                    log.grad_norms.append(float(_clip_norm(params, settings.max_grad_norm)))
-                    log.lrs.append(float(optimizer.param_groups[0]["lr"]))
-                    optimizer.step()
+                    lr_now = float(trainer.optimizer.param_groups[0]["lr"])
+                    log.losses.append(trainer.step(batch, total=total))
+                    log.grad_norms.append(trainer.last_grad_norm)
+                    log.lrs.append(lr_now)
                     schedule.step()
-                    log.losses.append(value)
                     log.steps += 1
             finally:
                 model.eval()
-                optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for layer in layers:
-                    layer.merge(adapter_names=[ADAPTER])
+                trainer.optimizer.zero_grad(set_to_none=True)
+            _merge(layers)
     log.wall_s = time.perf_counter() - start
     return log

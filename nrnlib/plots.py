@@ -380,3 +380,19 @@ def gain_curves_figure(curves: pd.DataFrame, title: str, y_title: str = "log-pro
     fig.for_each_annotation(lambda a: a.update(text=f"trained: {a.text.split('=', 1)[-1]}"))
     fig.update_yaxes(matches=None, showticklabels=True)
     return fig
+
+
+def metric_intervals_figure(summary: pd.DataFrame, title: str, y_title: str = "") -> go.Figure:
+    """Per ``method`` (x) its mean with the 95% CI as error bars, one panel per ``metric`` with its own
+    y axis and a zero line (``summary``: method, metric, mean, ci_low, ci_high; e.g.
+    ``experiments.metrics_table``)."""
+    table = summary.assign(plus=summary.ci_high - summary["mean"], minus=summary["mean"] - summary.ci_low)
+    fig = px.scatter(table, x="method", y="mean", color="method", facet_col="metric", error_y="plus",
+                     error_y_minus="minus", template=TEMPLATE, title=title, hover_data=["n"] if "n" in table else None,
+                     labels={"mean": y_title, "method": ""})
+    fig.add_hline(y=0.0, line_dash="dot", line_color="black", opacity=0.6)
+    fig.update_traces(marker_size=10)
+    fig.update_yaxes(matches=None, showticklabels=True)
+    fig.update_xaxes(tickangle=-40)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    return fig

@@ -44,10 +44,14 @@ class Profile:
     individual_proportions: tuple[float, ...] = (0.10, 0.50, 1.0)
     n_generalization_eval: int = 24
     # notebook 06 (NCFT, Table 3): the tasks of the sequence (the second order is the reverse), the methods
-    # (``experiments.NCFT_METHODS``) and test examples per task
+    # (``experiments.NCFT_METHODS``), test examples per task, and the protocol's step cap and dev examples
+    # for its stages (None: max_steps / dev_size)
     ncft_tasks: tuple[str, ...] = ("word_polarity", "question_topic", "antonym", "reverse_dictionary")
-    ncft_methods: tuple[str, ...] = ("seqft", "ncft", "ncft_original", "random", "w_ncft")
+    ncft_methods: tuple[str, ...] = ("seqft", "ncft", "ncft_original", "random", "w_ncft", "w_ncft_graded",
+                                     "replay", "lora")
     n_ncft_eval: int = 24
+    ncft_max_steps: int | None = None
+    ncft_dev_size: int | None = None
     # notebook 03 (Table 2 on the protocol): its tasks (None: ``tasks``), test examples per arm, whether it
     # runs the whole grid of cells and random controls (else the paper's cell and control only), and the
     # seeds of the "all parameters" reference arm (None: the first seed)
@@ -135,7 +139,8 @@ PROFILES = {
                      ablation_tasks=("word_polarity", "antonym", "hypernym"), n_ablation_neurons=8,
                      generalization_tasks=("word_polarity", "question_topic", "reverse_dictionary", "antonym"),
                      proportions=(0.10, 1.0), individual_proportions=(0.10,), n_generalization_eval=4,
-                     ncft_tasks=("word_polarity", "antonym"), ncft_methods=("seqft", "ncft", "w_ncft"), n_ncft_eval=4,
+                     ncft_tasks=("word_polarity", "antonym"), n_ncft_eval=4,
+                     ncft_methods=("seqft", "ncft", "w_ncft_graded", "random", "replay", "lora"),
                      dev_size=4, eval_every=2, patience=1, max_steps=4,
                      lr_grids={"neurons": (1e-3,), "all": (3e-5,), "lora": (3e-4,)},
                      lbl_seen=("word_polarity", "reverse_dictionary"), lbl_unseen=("antonym", "hypernym"),
@@ -153,6 +158,10 @@ PROFILES = {
                         n_ablation_neurons=30,
                         finetune_tasks=("word_polarity", "question_topic", "antonym", "reverse_dictionary"),
                         n_finetune_eval=48,
+                        # 06: six methods (the 0/1 W-NCFT and NCFT on the original model's neurons are in full),
+                        # 2 orders x 3 seeds x 4 stages; stages capped at 100 steps with 16 dev examples
+                        ncft_methods=("seqft", "ncft", "w_ncft_graded", "random", "replay", "lora"),
+                        ncft_max_steps=100, ncft_dev_size=16,
                         dev_size=32, eval_every=10, patience=2, max_steps=200,
                         lr_grids={"neurons": (1e-3, 3e-3), "all": (3e-5,), "lora": (1e-4, 3e-4, 1e-3)},
                         # 07: LoRA lr fixed at 1e-3 (pilot: lower loss after 15 steps than 3e-4 or 1e-4); 80 examples

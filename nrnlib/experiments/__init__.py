@@ -70,7 +70,14 @@ from nrnlib.experiments.layer_verdicts import (
     transition_claims,
 )
 from nrnlib.experiments.ncft import METHODS as NCFT_METHODS
-from nrnlib.experiments.ncft import performance_matrix, run_sequence, sequence_metrics, stage_neurons
+from nrnlib.experiments.ncft import joint_reference, run_sequence, select_learning_rates, stage_neurons
+from nrnlib.experiments.ncft_results import (
+    joint_performance,
+    metrics_table,
+    ncft_claims,
+    performance_matrix,
+    sequence_metrics,
+)
 from nrnlib.experiments.neuron_finetuning import Table2, TestMeasure, arm_summary, paired_per_example, table2
 from nrnlib.experiments.parameter_similarity import (
     Figure3,
@@ -96,7 +103,6 @@ from nrnlib.experiments.verdicts import (
     detection_claims,
     finetuning_claims,
     generalization_claims,
-    ncft_claims,
     similarity_claims,
     specificity_claims,
     suite_claims,
@@ -165,6 +171,10 @@ __all__ = [
     "similarity_models",
     "curve_summary",
     "generalization_claims",
+    "joint_performance",
+    "joint_reference",
+    "metrics_table",
+    "select_learning_rates",
     "ncft_claims",
     "overlap_table",
     "performance_matrix",

@@ -5,7 +5,7 @@ cache (``nrnlib.store.code_digest``), so editing a verdict never invalidates a c
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -410,44 +410,4 @@ def similarity_claims(rows: pd.DataFrame, profile: Profile | str, *, definition:
                 statistic=f"mean over pairs of the deeper-layer mean of similarity - shuffled ({definition})",
                 estimate=bootstrap_ci(excess), threshold=0.0, direction=">", unit="(model, held-out task) pairs",
                 scope=f"{setting}, layers {deep_from + 1}+", **common))
-    return out
-
-
-def ncft_claims(sequences: Sequence[Mapping], profile: Profile | str, *, metric: str = "logprob") -> list[Claim]:
-    """Table 3's verdicts from ``ncft.run_sequence`` results, paired by (order, seed): for each method
-    m ≠ seqft, ``BWT(m) − BWT(seqft) > 0`` (m forgets less), with a bootstrap CI over the (order, seed)
-    pairs; ids ``A.ncft.forgetting`` (ncft), ``A.ncft.weighted`` (w_ncft) and
-    ``ours.ncft.<method>_vs_seqft`` for the others. Beside them, the cost: ``R[n+1, n]`` (the score on
-    the task just trained) of m minus seqft's, averaged over stages (``ours.ncft.<method>_current_task``,
-    rule > 0: m learns the current task as well as seqft)."""
-    from nrnlib.continual import backward_transfer
-    from nrnlib.experiments.ncft import performance_matrix
-
-    by = {(s["method"], tuple(s["order"]), s["seed"]): performance_matrix(s, metric) for s in sequences}
-    pairs = sorted({(o, seed) for (_, o, seed) in by})
-    ids = {"ncft": "A.ncft.forgetting", "w_ncft": "A.ncft.weighted"}
-    out: list[Claim] = []
-    common = dict(notebook="06_ncft_continual", figure="06_table3", profile=profile)
-    for method in dict.fromkeys(m for (m, _, _) in by):
-        if method == "seqft":
-            continue
-        units = [(by[(method, o, s)], by[("seqft", o, s)]) for o, s in pairs
-                 if (method, o, s) in by and ("seqft", o, s) in by]
-        if len(units) < 2:
-            continue
-        bwt = np.array([backward_transfer(r) - backward_transfer(base) for r, base in units])
-        current = np.array([np.mean([r[n + 1, n] - base[n + 1, n] for n in range(r.shape[1])]) for r, base in units])
-        out.append(make_claim(
-            ids.get(method, f"ours.ncft.{method}_vs_seqft"), paper="A" if method in ids else "ours",
-            paper_value="Table 3: NCFT significantly outperforms the baseline" if method in ids else "-",
-            statement=f"{method} forgets less than sequential full fine-tuning",
-            statistic=f"BWT({method}) - BWT(seqft) on the {metric}, paired by order and seed",
-            estimate=bootstrap_ci(bwt), threshold=0.0, direction=">", unit="(order, seed) pairs", scope=method,
-            **common))
-        out.append(make_claim(
-            f"ours.ncft.{method}_current_task", paper="ours", paper_value="-",
-            statement=f"{method} learns the task being trained as well as sequential full fine-tuning",
-            statistic=f"mean over stages of R[n+1, n]({method}) - R[n+1, n](seqft), paired",
-            estimate=bootstrap_ci(current), threshold=0.0, direction=">", unit="(order, seed) pairs", scope=method,
-            **common))
     return out

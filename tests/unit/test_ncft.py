@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nrnlib import store
-from nrnlib.experiments import ncft
+from nrnlib.experiments import ncft, ncft_results
 from nrnlib.neurons import NeuronSet
 from nrnlib.protocol import Protocol
 
@@ -117,9 +117,9 @@ def test_performance_matrix_by_hand():
     sequence = {"order": ["a", "b"], "untrained": scores({"a": [-3.0, -1.0], "b": [-4.0, -4.0]}),
                 "stages": [{"scores": scores({"a": [-1.0, -1.0], "b": [-3.0, -3.0]})},
                            {"scores": scores({"a": [-2.0, -2.0], "b": [-1.0, -1.0]})}]}
-    r = ncft.performance_matrix(sequence)
+    r = ncft_results.performance_matrix(sequence)
     np.testing.assert_allclose(r, [[-2.0, -4.0], [-1.0, -3.0], [-2.0, -1.0]])
-    m = ncft.sequence_metrics(sequence)
+    m = ncft_results.sequence_metrics(sequence)
     assert m["BWT"] == pytest.approx(-2.0 - -1.0) and m["FWT"] == pytest.approx(-3.0 - -4.0)
     assert m["AP"] == pytest.approx(-1.5) and m["forgetting"] == pytest.approx(1.0)
 
@@ -133,7 +133,7 @@ def test_a_sequence_needs_two_distinct_tasks(tiny_model, sequence_setup):
 def test_ncft_claims_pair_methods_by_order_and_seed():
     """Two (order, seed) pairs; ncft loses 0.5 less of task a than seqft on both, and learns the current
     task 0.25 worse: forgetting holds (BWT gap 0.5), the current-task claim does not hold."""
-    from nrnlib.experiments.verdicts import ncft_claims
+    from nrnlib.experiments.ncft_results import ncft_claims
 
     def seq(method, seed, after_b_on_a, current_shift):
         def scores(a, b):
@@ -150,3 +150,93 @@ def test_ncft_claims_pair_methods_by_order_and_seed():
     assert forgetting.estimate == pytest.approx(0.5) and forgetting.verdict == "holds"
     current = claims["ours.ncft.ncft_current_task"]
     assert current.estimate == pytest.approx(-0.25) and current.verdict == "does not hold"
+    # AP: seqft ends at (-2, -1), ncft at (-1.75, -1.25): the same mean, so no gain
+    assert claims["ours.ncft.ncft_ap"].estimate == pytest.approx(0.0)
+    assert "ours.ncft.ncft_vs_random" not in claims  # no random sequences: no comparison
+    sequences += [seq("random", s, -2.5, 0.0) for s in (0, 1)]
+    claims = {c.id: c for c in ncft_claims(sequences, "smoke")}
+    # BWT(ncft) = -1.75 - (-1.25) = -0.5; BWT(random) = -2.5 - (-1) = -1.5
+    assert claims["ours.ncft.ncft_vs_random"].estimate == pytest.approx(1.0)
+    assert claims["ours.ncft.ncft_vs_random"].verdict == "holds"
+    assert claims["ours.ncft.random_vs_seqft"].estimate == pytest.approx(-0.5)
+
+
+def test_new_methods_run_a_sequence_and_replay_starts_as_seqft(tiny_model, sequence_setup):
+    """replay's stage 0 has no memory, so it trains exactly as seqft (equal curves); later stages
+    replay a memory of earlier tasks; graded W-NCFT trains the selector's set with weights below 1
+    where an earlier stage trained a neuron; LoRA (Llama) moves no MLP weight."""
+    _, sets, selector, _ = sequence_setup
+    L, D = tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp
+    relevance = torch.arange(L * D, dtype=torch.float32).reshape(L, D) + 1.0
+    order = ("parity", "echo")
+
+    def run(method, **kw):
+        return ncft.run_sequence(tiny_model, order, method, _protocol(), lr=1e-2, seed=0, selector=selector,
+                                 select_settings={"fixed": True}, n_test=4,
+                                 settings={"replay_per_task": 2, "memory_batch": 1}, **kw)
+
+    seqft, replay = run("seqft"), run("replay")
+    assert replay["stages"][0]["curve"]["dev_loss"] == seqft["stages"][0]["curve"]["dev_loss"]
+    assert [r["memory"] for r in replay["stages"]] == [0, 2]
+    assert replay["stages"][1]["curve"]["dev_loss"] != seqft["stages"][1]["curve"]["dev_loss"]
+    graded = run("w_ncft_graded", relevance=lambda m, t: relevance)
+    assert graded["stages"][1]["neurons"] == {str(k): sets["echo"].indices(k).tolist() for k in sets["echo"].layers()}
+    # relevance grows with the index, so the rank weights of a set of n are n/n ... 1/n, highest index first
+    q0 = [(10 - i) / 10 for i in range(10)]  # parity's 10 neurons, nothing trained before: mean 0.55
+    q1 = [(8 - i) / 8 * (0.5 if 11 - i < 8 else 1.0) for i in range(8)]  # echo's 11..4; 4..7 were parity's
+    expected = [sum(q0) / 10, sum(q1) / 8]
+    assert [r["mean_weight"] for r in graded["stages"]] == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="relevance"):
+        ncft.run_sequence(tiny_model, ("echo", "parity"), "w_ncft_graded", _protocol(), lr=1e-2, seed=0,
+                          selector=selector, select_settings={}, n_test=4)
+    for s in (seqft, replay, graded):
+        assert np.isfinite(ncft_results.performance_matrix(s)).all()
+    from nrnlib.lora import lora_target_names
+
+    if lora_target_names(tiny_model):
+        lora = run("lora")
+        assert lora["stages"][0]["neurons"] is None and np.isfinite(ncft_results.performance_matrix(lora)).all()
+
+
+def test_joint_reference_scores_every_task(tiny_model, sequence_setup):
+    ref = ncft.joint_reference(tiny_model, ("parity", "echo"), _protocol(), lr=1e-2, seed=0, n_test=4)
+    assert ref["tasks"] == ["echo", "parity"] and set(ref["scores"]) == {"echo", "parity"}
+    by_hand = [np.mean(ref["scores"][t]["per_example"]["logprob"]) for t in ("parity", "echo")]
+    np.testing.assert_allclose(ncft_results.joint_performance(ref, ("parity", "echo")), by_hand)
+    assert ref["curve"]["n_trainable_entries"] == sum(p.numel() for p in tiny_model.parameters())
+
+
+def test_metrics_table_means_and_joint_row():
+    """Two seqft sequences with BWT −1 and −3 (by hand): mean −2, its CI inside [−3, −1]; the joint
+    reference adds one AP row per seed."""
+    from nrnlib.experiments.ncft_results import metrics_table
+
+    def scores(a, b):
+        return {"a": {"per_example": {"logprob": [a]}}, "b": {"per_example": {"logprob": [b]}}}
+
+    def seq(seed, final_a):
+        return {"method": "seqft", "order": ["a", "b"], "seed": seed, "untrained": scores(-3.0, -3.0),
+                "stages": [{"scores": scores(-1.0, -3.0)}, {"scores": scores(final_a, -1.0)}]}
+
+    joint = [{"tasks": ["a", "b"], "scores": scores(-1.0, -2.0)}, {"tasks": ["a", "b"], "scores": scores(-1.0, -1.0)}]
+    table = metrics_table([seq(0, -2.0), seq(1, -4.0)], joint=joint).set_index(["method", "metric"])
+    bwt = table.loc[("seqft", "BWT")]
+    assert bwt["mean"] == pytest.approx(-2.0) and -3.0 <= bwt.ci_low <= bwt.ci_high <= -1.0 and bwt.n == 2
+    assert table.loc[("joint", "AP")]["mean"] == pytest.approx(np.mean([-1.5, -1.0]))
+    assert ("joint", "BWT") not in table.index
+
+
+def test_learning_rates_are_chosen_per_arm_type_on_the_first_task(tiny_model, sequence_setup, monkeypatch):
+    """One selection per arm type over that type's grid, on the first task from the model as it is."""
+    from nrnlib.lora import lora_target_names
+
+    _, _, selector, calls = sequence_setup
+    monkeypatch.setattr(ncft, "get_task", sequence_setup[0].__getitem__)
+    protocol = Protocol(dev_size=2, eval_every=1, patience=1, max_steps=2, batch_size=2, n_train=4, dev_batch_size=2,
+                        lr_grids={"neurons": (1e-3, 1e-2), "all": (1e-4,), "lora": (1e-3,)})
+    types = ["all", "neurons"] + (["lora"] if lora_target_names(tiny_model) else [])
+    chosen = ncft.select_learning_rates(tiny_model, "parity", protocol, types, selector=selector)
+    assert list(chosen) == types and chosen["all"]["lr"] == 1e-4
+    assert set(chosen["neurons"]["scores"]) == {1e-3, 1e-2}
+    best = min(chosen["neurons"]["scores"], key=chosen["neurons"]["scores"].get)
+    assert chosen["neurons"]["lr"] == best and calls == ["parity"]
