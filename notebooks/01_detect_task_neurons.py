@@ -49,11 +49,15 @@ NULL_MODEL = "smollm2-135m-random"  # same architecture and tokenizer, seeded ra
 # %%
 import time
 
-from nrnlib import experiments, plots
+import torch
+
+from nrnlib import encoding, experiments, plots
+from nrnlib.attribution import attribute
 from nrnlib.claims import claims_table, describe
 from nrnlib.models import load_model
 from nrnlib.profiles import get_profile
 from nrnlib.store import save_results
+from nrnlib.tasks import get_task
 
 profile = get_profile(PROFILE)
 tasks = profile.task_names()
@@ -73,6 +77,31 @@ scores = experiments.relevance_scores(chunks)
 sets = {selection: experiments.neuron_sets(scores, K, selection) for selection in ("plain", "specific")}
 for selection, by_task in sets.items():
     print(selection, {t: s.count for t, s in by_task.items()})
+
+# %% [markdown]
+# ## One mechanism by hand: relevance is gradient × activation at a hook
+# The library's `attribute` against ten lines of plain TransformerLens: keep layer $l$'s `hook_post`
+# activation $\omega$, take the per-example answer loss from the logits (the logit at position
+# $t-1$ predicts token $t$), differentiate with respect to $\omega$, and form $\sum_b |\sum_{pos} g\cdot
+# \omega|$. On four training examples and the middle layer the two must agree to float precision.
+# (`notebooks/exercises/mechanisms.py` asks you to write this yourself.)
+
+# %%
+task, layer = get_task(tasks[0]), model.cfg.n_layers // 2
+batch = encoding.encode_examples(model, task, list(task.train[:4]))
+kept = {}
+with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", lambda act, hook: kept.update(omega=act))]):
+    logits = model(batch.input_ids)  # [batch, seq, vocab]; right-padded, so padding never reaches a real position
+token_logprob = logits[:, :-1].log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+answer = batch.target_mask[:, 1:].float()
+loss_per_example = -(token_logprob * answer).sum(1) / answer.sum(1)
+(g,) = torch.autograd.grad(loss_per_example.sum(), kept["omega"])  # L_b depends on example b only
+by_hand = ((g * kept["omega"]).detach() * batch.attention_mask[..., None]).sum(1).abs().sum(0)
+library = attribute(model, task, n_examples=4, batch_size=4, cache=False, progress=False)[layer]
+model.zero_grad(set_to_none=True)
+gap = float((by_hand - library).abs().max() / library.abs().max())
+print(f"{task.name}, layer {layer + 1} (1-based): largest |by hand − library| / max R = {gap:.1e}")
+assert gap < 1e-3, gap
 
 # %% [markdown]
 # ## Where in depth do task neurons sit?
