@@ -54,15 +54,17 @@ from nrnlib.store import save_results
 from nrnlib.tasks import get_task
 
 profile = get_profile(PROFILE)
-protocol = Protocol.from_profile(profile)
+protocol = Protocol.from_profile(profile, max_steps=profile.generalization_max_steps or profile.max_steps)
 tasks = profile.generalization_task_names()
+joint_seeds, individual_seeds = profile.sweep_seeds()
 categories = {cat: [t for t in tasks if get_task(t).role == "train" and get_task(t).category == cat]
               for cat in ("classification", "generation")}
 categories = {cat: train for cat, train in categories.items() if train}
 n_test = min(profile.n_generalization_eval, *(len(get_task(t).test) for t in tasks))
 print(f"profile {profile.name}: training tasks {categories}; test tasks {tasks}; proportions "
       f"{list(profile.proportions)} (joint), {list(profile.individual_proportions)} (individual); seeds "
-      f"{list(profile.seeds)}; {n_test} test examples per task")
+      f"{list(joint_seeds)} (joint), {list(individual_seeds)} (individual); {n_test} test examples per task; runs of "
+      f"at most {protocol.max_steps} steps")
 started = time.perf_counter()
 model = load_model(MODEL)
 
@@ -111,8 +113,8 @@ for cat, train in categories.items():
 
 # %%
 sweep = experiments.proportion_sweep(model, scores, protocol, categories, tasks, proportions=profile.proportions,
-                                     seeds=profile.seeds, individual_proportions=profile.individual_proportions,
-                                     n_test=n_test)
+                                     seeds=joint_seeds, individual_proportions=profile.individual_proportions,
+                                     individual_seeds=individual_seeds, n_test=n_test)
 rows = sweep.rows
 print(f"lr {sweep.lr['lr']:g} chosen at p = {sweep.lr['reference_p']:g} "
       f"({', '.join(f'{lr:g}: {s:.3f}' for lr, s in sweep.lr['scores'].items())} mean best dev loss)")
@@ -170,7 +172,8 @@ save_results(f"04_generalization_overlap_{profile.name}", {
     "protocol": protocol.run_settings(), "overlap": overlap.to_dict(orient="records"),
     "rows": rows.drop(columns="per_example_gain").to_dict(orient="records"),
     "curves": curves.to_dict(orient="records"),
-}, claims=claims, model=model, profile=profile, seeds=list(profile.seeds), wall_s=time.perf_counter() - started)
+}, claims=claims, model=model, profile=profile, seeds=sorted(set(joint_seeds) | set(individual_seeds)),
+    wall_s=time.perf_counter() - started)
 
 # %% [markdown]
 # ## What we found

@@ -64,7 +64,7 @@ from nrnlib.store import save_results
 from nrnlib.tasks import get_task
 
 profile = get_profile(PROFILE)
-protocol = Protocol.from_profile(profile)
+protocol = Protocol.from_profile(profile, max_steps=profile.generalization_max_steps or profile.max_steps)
 tasks = profile.generalization_task_names()
 train_tasks = [t for t in tasks if get_task(t).role == "train"]
 held_out = [t for t in tasks if t not in train_tasks]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,32 @@ QUIET_KERNEL_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "T
                     "NRN_NOTEBOOK_PNG": "1"}
 
 
+_PROGRESS_LINE = re.compile(r"^[^\n]*\d+%\|[^\n]*\|[^\n]*$")  # a tqdm bar: "desc:  25%|██▌  | 1/4 [...]"
+
+
+def _is_noise(text: str) -> bool:
+    """A stderr chunk that is only progress bars, blank, or tqdm's "IProgress not found" warning."""
+    if "TqdmWarning: IProgress not found" in text:
+        return True
+    return all(not line.strip() or _PROGRESS_LINE.match(line.strip()) for line in re.split(r"[\r\n]", text))
+
+
+def strip_progress_noise(notebook) -> int:
+    """Drop stderr outputs that are only progress bars (tqdm bars whose ``disable`` is set by the
+    caller ignore ``TQDM_DISABLE``) or tqdm's widget warning; return how many were dropped. Real
+    warnings and every stdout output stay."""
+    dropped = 0
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs = cell.get("outputs", [])
+        kept = [o for o in outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr"
+                                           and _is_noise(o.get("text", "")))]
+        dropped += len(outputs) - len(kept)
+        cell["outputs"] = kept
+    return dropped
+
+
 def execute_notebook(source: Path, timeout_s: int = 6 * 3600, output: Path | None = None) -> float:
     """Run a jupytext ``.py`` top to bottom and save the ``.ipynb`` with its outputs (the paired one
     next to it, or ``output``; the kernel runs with ``QUIET_KERNEL_ENV``)."""
@@ -43,6 +70,7 @@ def execute_notebook(source: Path, timeout_s: int = 6 * 3600, output: Path | Non
     start = time.perf_counter()
     NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
                    resources={"metadata": {"path": str(source.parent)}}).execute()
+    strip_progress_noise(notebook)
     target = source.with_suffix(".ipynb") if output is None else output
     target.parent.mkdir(parents=True, exist_ok=True)
     jupytext.write(notebook, target)

@@ -43,6 +43,11 @@ class Profile:
     proportions: tuple[float, ...] = (0.01, 0.05, 0.10, 0.30, 0.50, 0.70, 1.0)
     individual_proportions: tuple[float, ...] = (0.10, 0.50, 1.0)
     n_generalization_eval: int = 24
+    # the seeds of the joint sweep and of individual training (None: ``seeds``; individual: the sweep's)
+    # and the protocol's step cap for notebook 04's runs (None: max_steps)
+    generalization_seeds: tuple[int, ...] | None = None
+    individual_seeds: tuple[int, ...] | None = None
+    generalization_max_steps: int | None = None
     # notebook 06 (NCFT, Table 3): the tasks of the sequence (the second order is the reverse), the methods
     # (``experiments.NCFT_METHODS``), test examples per task, and the protocol's step cap and dev examples
     # for its stages (None: max_steps / dev_size)
@@ -107,6 +112,11 @@ class Profile:
         """Notebook 03's tasks: ``finetune_tasks``, else ``task_names()``."""
         return list(self.finetune_tasks) if self.finetune_tasks is not None else self.task_names()
 
+    def sweep_seeds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Notebook 04's seeds: (joint sweep, individual training)."""
+        joint = tuple(self.generalization_seeds if self.generalization_seeds is not None else self.seeds)
+        return joint, tuple(self.individual_seeds if self.individual_seeds is not None else joint)
+
     def generalization_task_names(self) -> list[str]:
         """Notebook 04's tasks: ``generalization_tasks``, else ``task_names()``."""
         return list(self.generalization_tasks) if self.generalization_tasks is not None else self.task_names()
@@ -162,6 +172,10 @@ PROFILES = {
                         # 2 orders x 3 seeds x 4 stages; stages capped at 100 steps with 16 dev examples
                         ncft_methods=("seqft", "ncft", "w_ncft_graded", "random", "replay", "lora"),
                         ncft_max_steps=100, ncft_dev_size=16,
+                        # 04: 7 proportions x 2 categories x 2 seeds of joint training (each scored on all 12
+                        # tasks) and 3 proportions x 6 tasks x 1 seed alone, runs capped at 150 steps: the whole
+                        # specified grid (3 seeds of each) was estimated at about 12 h on one thread
+                        generalization_seeds=(0, 1), individual_seeds=(0,), generalization_max_steps=150,
                         dev_size=32, eval_every=10, patience=2, max_steps=200,
                         lr_grids={"neurons": (1e-3, 3e-3), "all": (3e-5,), "lora": (1e-4, 3e-4, 1e-3)},
                         # 07: LoRA lr fixed at 1e-3 (pilot: lower loss after 15 steps than 3e-4 or 1e-4); 80 examples

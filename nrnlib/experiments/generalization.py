@@ -129,18 +129,21 @@ def _rows(mode: str, category: str, trained: str, p: float, seed: int, run: dict
 def proportion_sweep(
     model, scores: Mapping[str, Tensor], protocol: Protocol, categories: Mapping[str, Sequence[str]],
     test_tasks: Sequence[str], *, proportions: Sequence[float] = PROPORTIONS, seeds: Sequence[int] = (0, 1, 2),
-    individual_proportions: Sequence[float] = (), n_test: int = 24, reference_p: float = REFERENCE_P,
-    batch_size: int = 16, progress: bool = True,
+    individual_proportions: Sequence[float] = (), individual_seeds: Sequence[int] | None = None, n_test: int = 24,
+    reference_p: float = REFERENCE_P, batch_size: int = 16, progress: bool = True,
 ) -> Sweep:
     """Figure 2's sweep (module docstring). ``scores[t]`` is every task's relevance (``relevance_scores``;
     it needs the training and the test tasks); ``categories`` maps each category to its training
-    tasks; ``test_tasks`` are scored after every joint run (the training tasks among them are ID)."""
+    tasks; ``test_tasks`` are scored after every joint run (the training tasks among them are ID).
+    ``seeds``: the joint runs'; ``individual_seeds``: individual training's (None: ``seeds``)."""
+    individual_seeds = tuple(seeds if individual_seeds is None else individual_seeds)
     if not categories or not all(categories.values()):
         raise ValueError("proportion_sweep: categories must map each category to its training tasks")
     bad = [p for p in (*proportions, *individual_proportions, reference_p)
            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1]
-    if bad or not proportions or not seeds:
-        raise ValueError(f"proportion_sweep: proportions must lie in (0, 1] (got {bad}) and seeds must be non-empty")
+    if bad or not proportions or not seeds or not individual_seeds:
+        raise ValueError(f"proportion_sweep: proportions must lie in (0, 1] (got {bad}) and the seeds must be "
+                         "non-empty")
     missing = sorted(({t for train in categories.values() for t in train} | set(test_tasks)) - set(scores))
     if missing:
         raise ValueError(f"proportion_sweep: no relevance scores for {missing}")
@@ -152,7 +155,7 @@ def proportion_sweep(
     by_p = {p: proportion_sets(scores, p, model) for p in dict.fromkeys((reference_p, *proportions,
                                                                          *individual_proportions))}
     grid = protocol.grid("neurons")
-    n_individual = sum(len(train) for train in categories.values()) * len(individual_proportions) * len(seeds)
+    n_individual = sum(map(len, categories.values())) * len(individual_proportions) * len(individual_seeds)
     bar = tqdm(total=len(grid) * len(categories) + len(categories) * len(proportions) * len(seeds) + n_individual,
                desc="Figure 2 arms", disable=not progress)
 
@@ -179,7 +182,7 @@ def proportion_sweep(
                 overlap = {y: union.iou(by_p[p][y]) for y in test_tasks}
                 rows += _rows("joint", category, "+".join(train), p, seed, run, run["measure"]["tasks"],
                               out.untrained, train, overlap)
-    for seed in seeds:
+    for seed in individual_seeds:
         for category, train in categories.items():
             for name in train:
                 for p in individual_proportions:

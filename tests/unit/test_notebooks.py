@@ -53,3 +53,41 @@ def test_smoke_reproduce_never_writes_the_committed_notebooks_or_figures(tmp_pat
     written.clear()
     cli.reproduce("standard", ["00"])
     assert written == [None]
+
+
+def _executed(source):
+    import json
+
+    paired = json.loads(source.with_suffix(".ipynb").read_text())
+    outputs = [o for c in paired["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    if not outputs:
+        pytest.skip(f"{source.stem} is committed without outputs (its run is pending)")
+    return outputs
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_committed_outputs_have_no_progress_or_path_noise(source):
+    from nrnlib.__main__ import _is_noise
+
+    for o in _executed(source):
+        text = "".join(o.get("text", "")) if o.get("output_type") == "stream" else ""
+        assert not (o.get("name") == "stderr" and _is_noise(text)), f"{source.stem}: progress noise {text[:80]!r}"
+        plain = "".join(o.get("data", {}).get("text/plain", ""))
+        assert "PosixPath(" not in plain, f"{source.stem}: a path printed as an output: {plain[:80]!r}"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_every_committed_figure_also_has_a_png(source):
+    """A repository viewer, nbconvert HTML or a printout shows the PNG; the plotly JSON needs a live Jupyter."""
+    figures = [o for o in _executed(source) if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert all("image/png" in o["data"] for o in figures), \
+        f"{source.stem}: {sum('image/png' not in o['data'] for o in figures)} of {len(figures)} figures lack a PNG"
+
+
+def test_noise_filter_keeps_real_output():
+    from nrnlib.__main__ import _is_noise
+
+    assert _is_noise("\rattribution vs ablation:  25%|██▌       | 1/4 [02:04<06:14, 124.91s/it]")
+    assert _is_noise("/x/tqdm/auto.py:21: TqdmWarning: IProgress not found. Please update jupyter\n")
+    assert not _is_noise("UserWarning: Task 'trivia_qa' has only 40 'train' examples\n")
+    assert not _is_noise("train loss 25% lower than at step 0\n")
