@@ -139,7 +139,7 @@ class Profile:
 # benchmarks/results/protocol_convergence_cpu.json); 07 on LoRA: smoke measured, standard estimated from
 # measured per-step and per-token costs on one thread (notebook 07's budget table).
 _SMOKE_MINUTES = {"00": 1.5, "01": 1.8, "02": 2.0, "03": 2.0, "04": 2.0, "05": 1.5, "06": 1.5, "07": 1.5}
-_STANDARD_MINUTES = {"00": 57, "01": 29, "02": 67, "03": 140, "07": 122}
+_STANDARD_MINUTES = {"00": 57, "01": 29, "02": 67, "03": 96, "07": 122}
 
 PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
