@@ -36,7 +36,7 @@
 #   $q_j = (|N_n| - \mathrm{rank}_j + 1)/|N_n|$ grades $j$ by its relevance rank for $D_n$ (1 for the most
 #   relevant) and $c_j$ counts the earlier stages that trained $j$ (`nrnlib.weighted_update` says why ranks);
 # - *random*: as many neurons as $N_n$, drawn uniformly over all layers;
-# - *replay*: every parameter, each step adding 4 examples from a memory of 16 training examples per
+# - *replay*: every parameter, each step adding 2 examples from a memory of 16 training examples per
 #   earlier task (experience replay);
 # - *lora*: a fresh rank-8 LoRA adapter on q and v, merged into the weights when the stage ends;
 # - *joint* (reference): all tasks at once, every parameter: the multi-task upper reference for AP.
@@ -174,6 +174,9 @@ sequences = [experiments.run_sequence(model, order, method, protocol, lr=lr[LR_T
 joint = [experiments.joint_reference(model, orders[0], protocol, lr=lr["all"], seed=seed, n_test=profile.n_ncft_eval)
          for seed in profile.seeds]
 summary = experiments.metrics_table(sequences, joint=joint)
+stopped = [st["curve"]["stopped"] for s in sequences for st in s["stages"]]
+print(f"{len(sequences)} sequences, {len(stopped)} stages: {stopped.count('early')} stopped early on dev, "
+      f"{stopped.count('max_steps')} used the whole {protocol.max_steps}-step budget")
 summary.pivot(index="method", columns="metric", values="mean").loc[methods + ["joint"]].round(3)
 
 # %% [markdown]

@@ -139,7 +139,8 @@ class Profile:
 # benchmarks/results/protocol_convergence_cpu.json); 07 on LoRA: smoke measured, standard estimated from
 # measured per-step and per-token costs on one thread (notebook 07's budget table).
 _SMOKE_MINUTES = {"00": 1.5, "01": 1.8, "02": 2.0, "03": 2.0, "04": 2.0, "05": 1.5, "06": 1.5, "07": 1.5}
-_STANDARD_MINUTES = {"00": 57, "01": 29, "02": 67, "03": 96, "07": 122}
+# measured end to end, except 04 and 06: estimated from benchmarks/stage_cost.py (stages + lr choice)
+_STANDARD_MINUTES = {"00": 57, "01": 29, "02": 67, "03": 96, "04": 125, "06": 150, "07": 122}
 
 PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
@@ -169,9 +170,11 @@ PROFILES = {
                         finetune_tasks=("word_polarity", "question_topic", "antonym", "reverse_dictionary"),
                         n_finetune_eval=48,
                         # 06: six methods (the 0/1 W-NCFT and NCFT on the original model's neurons are in full),
-                        # 2 orders x 3 seeds x 4 stages; stages capped at 100 steps with 16 dev examples
+                        # 2 orders x 3 seeds x 4 stages = 144 stages, each a budget of at most 30 steps (120
+                        # examples; early stopping on 16 dev examples inside it) and 16 test examples per task:
+                        # about 136 min of stages by benchmarks/stage_cost.py (80-step stages: about 330)
                         ncft_methods=("seqft", "ncft", "w_ncft_graded", "random", "replay", "lora"),
-                        ncft_max_steps=100, ncft_dev_size=16,
+                        ncft_max_steps=30, ncft_dev_size=16, n_ncft_eval=16,
                         # 04: 7 proportions x 2 categories x 2 seeds of joint training (each scored on all 12
                         # tasks) and 3 proportions x 6 tasks x 1 seed alone, runs capped at 150 steps: the whole
                         # specified grid (3 seeds of each) was estimated at about 12 h on one thread

@@ -56,7 +56,7 @@ LR_TYPE = {"seqft": "all", "replay": "all", "lora": "lora"}  # the lr grid of ea
 SEQUENCE_CODE = (*PROTOCOL_CODE, *MEASURE_CODE, "experiments.ncft", "replay", "weighted_update", "lora")
 Selector = Callable[[Any, Any], NeuronSet]  # (model as it stands, task) -> the task's neuron set
 Relevance = Callable[[Any, Any], torch.Tensor]  # (model as it stands, task) -> relevance [n_layers, d_mlp]
-DEFAULT_SETTINGS = {"replay_per_task": 16, "memory_batch": 4,
+DEFAULT_SETTINGS = {"replay_per_task": 16, "memory_batch": 2,
                     "lora": {"r": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj"]}}
 
 
