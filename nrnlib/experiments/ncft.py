@@ -204,7 +204,6 @@ def _train_stages(model, tasks, method, protocol, lr, seed, selector, plan, meas
             store.entry_path("ncft_checkpoint", **where(n - 1, "ncft_checkpoint")).unlink(missing_ok=True)
 
 
-
 def joint_reference(model, order: Sequence[str], protocol: Protocol, *, lr: float, seed: int, n_test: int,
                     batch_size: int = 16) -> dict[str, Any]:
     """Multi-task joint training on every task of ``order`` at once (all parameters; the dev loss is
