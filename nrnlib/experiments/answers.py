@@ -1,0 +1,65 @@
+"""Show the model: what it actually answers, and where one neuron fires (the lessons' "look at the
+model" cells, issue 14).
+
+- :func:`answers_table`: the first ``n`` test examples of a task with the gold answer and the model's
+  answer (classification: the highest-scoring label; generation: the greedy answer), and with
+  ``neurons`` the answer again with those neurons deactivated (``ablation.deactivate``).
+- :func:`top_activations`: for one MLP neuron (``blocks.{layer}.mlp.hook_post``), the ``top`` token
+  positions of a task's examples where its activation is largest, with the token and its context.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from nrnlib import encoding
+from nrnlib.ablation import deactivate
+from nrnlib.evaluate import evaluate, select_examples
+from nrnlib.neurons import NeuronSet
+from nrnlib.tasks import as_task
+
+
+def answers_table(model, task, n: int = 5, *, neurons: NeuronSet | None = None, shots: int = 0,
+                  batch_size: int = 16) -> pd.DataFrame:
+    """One row per example: ``input``, ``gold``, ``answer`` (and ``answer, neurons off`` with
+    ``neurons``), from ``evaluate``'s predictions on the same examples."""
+    task = as_task(task)
+    examples = select_examples(task, "test", n)
+    intact = evaluate(model, task, n=n, shots=shots, batch_size=batch_size, progress=False)
+    table = pd.DataFrame({"input": [ex["input"] for ex in examples], "gold": [task.target(ex) for ex in examples],
+                          "answer": intact.predictions})
+    if neurons is not None:
+        with deactivate(model, neurons):
+            off = evaluate(model, task, n=n, shots=shots, batch_size=batch_size, progress=False)
+        table[f"answer, {neurons.count:,} neurons off"] = off.predictions
+    return table
+
+
+def top_activations(model, task, layer: int, neuron: int, *, n_examples: int = 32, top: int = 5,
+                    split: str = "train", context: int = 4, batch_size: int = 8) -> pd.DataFrame:
+    """The ``top`` (example, position) pairs of the first ``n_examples`` of ``split`` where neuron
+    ``neuron`` of layer ``layer`` is most active, over every real (non-padding) token: ``activation``,
+    the ``token`` there and the ``context`` tokens before it, and the example's input."""
+    task = as_task(task)
+    if not 0 <= layer < model.cfg.n_layers or not 0 <= neuron < model.cfg.d_mlp:
+        raise ValueError(f"top_activations: layer must lie in [0, {model.cfg.n_layers}) and neuron in "
+                         f"[0, {model.cfg.d_mlp}), got layer {layer}, neuron {neuron}")
+    examples = list(task.split(split))[:n_examples]
+    rows = []
+    kept: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post",
+                                                  lambda act, hook: kept.update(a=act[..., neuron].detach()))]):
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            batch = encoding.encode_examples(model, task, chunk).to(next(iter(model.parameters())).device)
+            model(batch.input_ids)
+            for b, ex in enumerate(chunk):
+                length = int(batch.attention_mask[b].sum())
+                ids = batch.input_ids[b, :length].tolist()
+                for pos, value in enumerate(kept["a"][b, :length].float().cpu().tolist()):
+                    rows.append({"activation": value, "input": ex["input"], "position": pos,
+                                 "token": model.tokenizer.decode([ids[pos]]),
+                                 "context": model.tokenizer.decode(ids[max(0, pos - context):pos + 1])})
+    table = pd.DataFrame(rows).sort_values("activation", ascending=False, kind="stable")
+    return table.head(top).reset_index(drop=True)

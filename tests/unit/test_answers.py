@@ -1,0 +1,37 @@
+"""The "show the model" helpers: answers are evaluate's predictions (with neurons off: evaluate's
+under deactivate), and the top activations are the largest entries of the hook's activation."""
+
+import pytest
+import torch
+
+from nrnlib import encoding
+from nrnlib.ablation import deactivate
+from nrnlib.evaluate import evaluate
+from nrnlib.experiments.answers import answers_table, top_activations
+from nrnlib.neurons import NeuronSet
+
+
+def test_answers_are_the_models_predictions(model, parity_task, echo_task):
+    for task in (parity_task, echo_task):
+        neurons = NeuronSet.from_indices(model.cfg.n_layers, model.cfg.d_mlp, {0: range(model.cfg.d_mlp)})
+        table = answers_table(model, task, n=3, neurons=neurons.for_model(model))
+        assert list(table.gold) == [task.target(ex) for ex in task.test[:3]]
+        assert list(table.answer) == evaluate(model, task, n=3, progress=False).predictions
+        with deactivate(model, neurons.for_model(model)):
+            off = evaluate(model, task, n=3, progress=False).predictions
+        assert list(table.iloc[:, -1]) == off
+
+
+def test_top_activations_are_the_largest_hook_values(model, parity_task):
+    layer, neuron = model.cfg.n_layers - 1, 5
+    table = top_activations(model, parity_task, layer, neuron, n_examples=4, top=3, batch_size=3)
+    values = []
+    for ex in parity_task.train[:4]:  # one example at a time, by hand: no padding at all
+        batch = encoding.encode_examples(model, parity_task, [ex])
+        _, cache = model.run_with_cache(batch.input_ids)
+        values += cache[f"blocks.{layer}.mlp.hook_post"][0, :, neuron].tolist()
+    expected = sorted(values, reverse=True)[:3]
+    torch.testing.assert_close(torch.tensor(table.activation.tolist()), torch.tensor(expected), rtol=1e-4, atol=1e-5)
+    assert len(table) == 3 and table.token.map(len).gt(0).all()
+    with pytest.raises(ValueError, match="neuron"):
+        top_activations(model, parity_task, layer, model.cfg.d_mlp)
