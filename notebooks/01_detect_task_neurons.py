@@ -104,6 +104,18 @@ print(f"{task.name}, layer {layer + 1} (1-based): largest |by hand − library| 
 assert gap < 1e-3, gap
 
 # %% [markdown]
+# ## Look at one neuron
+# The most relevant neuron of the first task: where in its training examples does it fire most? The
+# table lists the token positions with the largest `hook_post` activation, the token and the few
+# tokens before it. What to look at: whether the neuron answers to the task's content (its words,
+# its answer) or to the prompt's format (chat-template tokens, the instruction), which every task shares.
+
+# %%
+top_layer, top_neuron = divmod(int(scores[tasks[0]].argmax()), model.cfg.d_mlp)
+print(f"{tasks[0]}: the most relevant neuron is layer {top_layer + 1} (1-based), neuron {top_neuron}")
+experiments.top_activations(model, tasks[0], top_layer, top_neuron, n_examples=32, top=8)
+
+# %% [markdown]
 # ## Where in depth do task neurons sit?
 # The fraction of each layer's 1,536 neurons that belong to a task's set (a uniform set would give
 # k everywhere).

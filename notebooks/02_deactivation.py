@@ -136,6 +136,23 @@ torch.testing.assert_close(torch.tensor(library["per_example"]["logprob"]),
 print(f"{first}: hand hook {by_hand.metrics[metric]:.4f} = library {library[metric]:.4f}")
 
 # %% [markdown]
+# ## What the model answers, with its neurons off
+# Before the numbers, the model itself: the first test examples of a generation task, the model's
+# greedy answer intact, with the task's own top-10% set off (paper's cell), and with as many random
+# neurons off (Paper A's control). What to look at: whether the own set breaks the answers while the
+# random set leaves them readable; that is what the log-prob drops below summarise.
+
+# %%
+shown = next((t for t in tasks if get_task(t).category == "generation"), tasks[0])
+own_set = sets[experiments.PAPER_CELL.name][shown]
+answers = experiments.answers_table(model, shown, n=5, neurons=own_set)
+random_set = own_set.random_like(0, match="total")
+answers[f"answer, {random_set.count:,} random neurons off"] = experiments.answers_table(
+    model, shown, n=5, neurons=random_set).iloc[:, -1]
+pd.set_option("display.max_colwidth", 60)
+answers
+
+# %% [markdown]
 # ## Table 1 over the grid
 # Per task: the intact model, each cell's own set, and for each random control one random set per
 # seed. Every condition is cached on disk, so an interrupted run resumes at the next condition.
