@@ -5,7 +5,7 @@
   ``R = Σ_b R_b`` (``nrnlib.attribution``), so rank ``r`` of ``W`` scores a contiguous shard of the
   examples (``shard``) and an ``all_reduce(SUM)`` of the float64 partial sums gives every rank the
   single-process scores (up to float summation order).
-- **Fine-tuning** (:func:`data_parallel`). ``losses.answer_loss`` is the mean over a batch's answer
+- **Fine-tuning** (:func:`data_parallel`, :func:`batch_shard`). ``losses.answer_loss`` is the mean over a batch's answer
   tokens, ``L = (1/N) Σ_t ℓ_t`` with ``N = Σ_r n_r`` tokens over the ranks' shards of the global batch.
   Rank ``r`` computes the gradient of its own mean ``L_r = (1/n_r) Σ_{t ∈ r} ℓ_t``; since
   ``∇L = Σ_r (n_r / N) ∇L_r``, each trainable tensor's gradient is scaled by ``n_r / N`` and summed
@@ -72,51 +72,55 @@ def attribute_sharded(model, task, n_examples: int = 64, *, start: int = 0, batc
     return partial.cpu().float()
 
 
-class _TokenShare:
-    """The factor ``n_r / N`` of the current step (set before each backward)."""
+class DataParallelTrainer:
+    """A ``protocol.TrainerLike`` over ``trainer`` whose ``step(local)`` takes, on every rank, the
+    single-process step of the global batch made of the ranks' shards ``local`` (module docstring):
+    it sets this rank's token share ``n_r / N`` that the gradient hooks of :func:`data_parallel` apply."""
 
-    def __init__(self) -> None:
-        self.factor = 1.0
+    def __init__(self, trainer) -> None:
+        self.inner, self.factor = trainer, 1.0
+        self.params, self.n_trainable_entries = trainer.params, trainer.n_trainable_entries
+
+    def step(self, local: encoding.EncodedBatch, total: int | None = None) -> float:
+        """One step on this rank's shard; returns this rank's loss on it."""
+        n = torch.tensor([float(local.n_answer_tokens)], dtype=torch.float64)
+        everyone = n.clone()
+        dist.all_reduce(everyone, op=dist.ReduceOp.SUM)
+        self.factor = float(n / everyone)
+        return self.inner.step(local, total)
+
+    def state(self):  # noqa: ANN201 - the inner trainer's state
+        return self.inner.state()
+
+    def load_state(self, state) -> None:  # noqa: ANN001
+        self.inner.load_state(state)
 
 
 @contextlib.contextmanager
 def data_parallel(trainer) -> Iterator:
-    """Inside the block, ``step_shard(trainer, local_batch)`` (below) makes every rank take the
-    single-process step of the global batch (module docstring); a no-op wrapper without a process
-    group. Yields the trainer."""
+    """Inside the block, the yielded :class:`DataParallelTrainer` steps on this rank's shard of each
+    global batch; each trainable tensor's gradient is scaled by ``n_r / N`` and summed over ranks
+    (a post-accumulate-grad hook) before the optimizer step. Without a process group it yields
+    ``trainer`` itself."""
     rank, size = world()
     if size == 1:
         yield trainer
         return
-    share = _TokenShare()
+    wrapped = DataParallelTrainer(trainer)
 
     def reduce(p: Tensor) -> None:
-        p.grad.mul_(share.factor)
+        p.grad.mul_(wrapped.factor)
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
     handles = [p.register_post_accumulate_grad_hook(reduce) for p in trainer.params]
-    trainer._nrn_share = share
     try:
-        yield trainer
+        yield wrapped
     finally:
         for h in handles:
             h.remove()
-        del trainer._nrn_share
 
 
-def step_shard(trainer, local: encoding.EncodedBatch, total: int | None = None) -> float:
-    """One data-parallel step on this rank's shard ``local`` of the global batch (inside
-    :func:`data_parallel`); returns this rank's loss on its shard."""
-    share = getattr(trainer, "_nrn_share", None)
-    if share is not None:
-        n = torch.tensor([float(local.n_answer_tokens)], dtype=torch.float64)
-        everyone = n.clone()
-        dist.all_reduce(everyone, op=dist.ReduceOp.SUM)
-        share.factor = float(n / everyone)
-    return trainer.step(local, total)
-
-
-def split_batch(batch: encoding.EncodedBatch, rank: int, size: int) -> encoding.EncodedBatch:
+def batch_shard(batch: encoding.EncodedBatch, rank: int, size: int) -> encoding.EncodedBatch:
     """Rank ``rank``'s rows of a global batch (``shard`` of its rows)."""
     first, count = shard(len(batch), rank, size)
     rows = slice(first, first + count)

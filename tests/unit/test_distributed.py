@@ -41,7 +41,7 @@ def _worker(rank, folder):
     import torch.distributed as dist
 
     from nrnlib import encoding
-    from nrnlib.distributed import attribute_sharded, data_parallel, split_batch, step_shard
+    from nrnlib.distributed import attribute_sharded, batch_shard, data_parallel
     from nrnlib.finetune import training
     from nrnlib.models import load_model
 
@@ -52,9 +52,9 @@ def _worker(rank, folder):
         parity, echo = _tasks()
         scores = attribute_sharded(model, parity, n_examples=7, batch_size=2)
         batch = encoding.encode_examples(model, echo, list(echo.train[:4]))  # 6 and 9 answer tokens: unequal shards
-        with training(model, _neurons(model), lr=1e-2) as trainer, data_parallel(trainer):
-            step_shard(trainer, split_batch(batch, rank, 2))
-            step_shard(trainer, split_batch(batch, rank, 2))
+        with training(model, _neurons(model), lr=1e-2) as trainer, data_parallel(trainer) as parallel:
+            parallel.step(batch_shard(batch, rank, 2))
+            parallel.step(batch_shard(batch, rank, 2))
             grads = [p.grad.clone() for p in trainer.params]  # the reduced gradients of the second step
         torch.save({"scores": scores, "grads": grads, "params": {n: p.detach() for n, p in model.named_parameters()}},
                    f"{folder}/rank{rank}.pt")
