@@ -58,6 +58,7 @@ lint: setup
 	$(PY) -m ruff check nrnlib tests notebooks/*.py benchmarks
 
 benchmark: setup
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/attribution_speed.py
 
 # the results cache (NRN_CACHE, default ~/.cache/nrnlib; its models/ folder too) and the tests' cache

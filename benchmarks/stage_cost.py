@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
+from bench_common import machine_info
 
 from nrnlib import encoding, experiments
 from nrnlib.experiments.ncft import DEFAULT_SETTINGS
@@ -130,8 +129,7 @@ def main() -> None:
     minutes04 = (n_joint * (run_s("neurons_10pct", steps04, joint_eval) + measure04_s)
                  + n_individual * (run_s("neurons_10pct", steps04) + measure04_s / len(all_tasks))) / 60
     result = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads":
-                    torch.get_num_threads(), "torch": torch.__version__, "loadavg": os.getloadavg()},
+        "machine": machine_info(),
         "profile": profile.name, "steps_timed": args.steps, "steps_per_run": {"06": steps06, "04": steps04},
         "seconds": {"step": step_s, "dev_eval": dev_s, "measure_06_stage": measure06_s, "measure_04_run": measure04_s,
                     "detect": detect_s},

@@ -24,12 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from bench_common import machine_info
 
 from nrnlib import attribute, get_task, load_model, select_neurons
 from nrnlib.finetune import _encode_items, _training_items, batch_stream, training
@@ -178,9 +178,7 @@ def main() -> None:
     load_before = os.getloadavg()
     start = time.perf_counter()
     model = load_model(args.model) if args.model else load_model()
-    results = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                           "torch": torch.__version__, "loadavg_before": load_before},
+    results = {"machine": {**machine_info(), "loadavg_before": load_before},
                "model": model.cfg.model_name, "dtype": str(next(model.parameters()).dtype),
                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     if args.convergence:

@@ -236,30 +236,6 @@ RANGE_COLOURS = {"shared": "rgba(99,110,250,0.12)", "transition": "rgba(239,85,5
                  "refinement": "rgba(0,204,150,0.12)"}
 
 
-def layer_by_layer_figure(
-    mean_curves: pd.DataFrame, ranges: Mapping[str, tuple[int, int]], neuron_depth: pd.DataFrame, title: str,
-) -> go.Figure:
-    """Top: mean CKA with the single-task controls per block (``mean_curves``: layer, cka, and a
-    ``curve`` label), with the detected layer ranges shaded. Bottom: the share of task-neuron sets per
-    block (``neuron_depth``: layer, share, selection), on the same block axis (block l = layer l + 1)."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.06,
-                        subplot_titles=("CKA with the single-task control C_t", "Where task neurons sit (Paper A)"))
-    for label, part in mean_curves.groupby("curve", sort=False):
-        fig.add_trace(go.Scatter(x=part.layer, y=part.cka, mode="lines+markers", name=label,
-                                 line=dict(dash="dash" if "unseen" in label else "solid")), row=1, col=1)
-    for label, part in neuron_depth.groupby("selection", sort=False):
-        fig.add_trace(go.Bar(x=part.layer, y=part.share, name=f"task neurons ({label})", opacity=0.7), row=2, col=1)
-    for name, (a, b) in ranges.items():
-        if b > a:
-            fig.add_vrect(x0=a + 0.5, x1=b + 0.5, fillcolor=RANGE_COLOURS.get(name, "rgba(0,0,0,0.08)"),
-                          line_width=0, annotation_text=name, annotation_position="top left", row=1, col=1)
-    fig.update_xaxes(title_text="block (1 = first)", row=2, col=1)
-    fig.update_yaxes(title_text="linear CKA", row=1, col=1)
-    fig.update_yaxes(title_text="share of set", row=2, col=1)
-    fig.update_layout(template=TEMPLATE, title=title, barmode="group")
-    return fig
-
-
 def ablation_scatter_figure(table: pd.DataFrame, summary: pd.DataFrame, title: str) -> go.Figure:
     """Attribution against ablation (``experiments.ablation_check_table``): per task, each drawn
     neuron's relevance ``R = Σ_b |Σ_p g·a|`` (x) against the measured ``Σ_b |ΔL_b|`` when it alone is
