@@ -24,6 +24,8 @@ from torch import nn
 if TYPE_CHECKING:
     from transformer_lens import TransformerBridge
 
+# hooks that the libraries themselves install and keep (not a user's edit of the model)
+_LIBRARY_HOOKS = ("transformer_lens", "transformers.utils.output_capturing")
 _VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "name_or_path", "dtype", "torch_dtype")
 
 
@@ -148,7 +150,8 @@ def attached_hooks(model: nn.Module) -> list[str]:
     backward hooks (``model.hooks(...)``, ``deactivate``), and plain torch hooks added to any module
     (``register_forward_hook`` ...), plus ``"<global>"`` for torch's global module hooks. The
     bridge's own internal hooks (functions of ``transformer_lens``, e.g. the layer-norm capture hooks
-    it wires on first use) are not counted."""
+    it wires on first use, and the output-capturing hooks transformers installs the first time a
+    forward asks for attentions or hidden states, e.g. under ``run_with_cache``) are not counted."""
     from torch.nn.modules import module as torch_module
 
     found = []
@@ -158,7 +161,7 @@ def attached_hooks(model: nn.Module) -> list[str]:
             continue
         hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values(), *m._backward_hooks.values(),
                  *getattr(m, "_backward_pre_hooks", {}).values()]
-        if any(not str(getattr(h, "__module__", "") or "").startswith("transformer_lens") for h in hooks):
+        if any(not str(getattr(h, "__module__", "") or "").startswith(_LIBRARY_HOOKS) for h in hooks):
             found.append(name or "<root>")
     for attr in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"):
         if getattr(torch_module, attr, None):

@@ -4,11 +4,18 @@ model" cells, issue 14).
 - :func:`answers_table`: the first ``n`` test examples of a task with the gold answer and the model's
   answer (classification: the highest-scoring label; generation: the greedy answer), and with
   ``neurons`` the answer again with those neurons deactivated (``ablation.deactivate``).
+- :func:`answers_after_training`: the same examples' answers before and after training each of
+  several protocol arms (``protocol.run_arm`` with :class:`AnswerMeasure`: the arm trains exactly as
+  in Table 2, same arm, lr and seed, so on CPU it reaches the same weights; the model is put back).
 - :func:`top_activations`: for one MLP neuron (``blocks.{layer}.mlp.hook_post``), the ``top`` token
   positions of a task's examples where its activation is largest, with the token and its context.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
@@ -17,7 +24,10 @@ from nrnlib import encoding
 from nrnlib.ablation import deactivate
 from nrnlib.evaluate import evaluate, select_examples
 from nrnlib.neurons import NeuronSet
+from nrnlib.protocol import Arm, Protocol, run_arm
 from nrnlib.tasks import as_task
+
+ANSWER_CODE = ("experiments.answers", "evaluate", "encoding")
 
 
 def answers_table(model, task, n: int = 5, *, neurons: NeuronSet | None = None, shots: int = 0,
@@ -33,6 +43,38 @@ def answers_table(model, task, n: int = 5, *, neurons: NeuronSet | None = None, 
         with deactivate(model, neurons):
             off = evaluate(model, task, n=n, shots=shots, batch_size=batch_size, progress=False)
         table[f"answer, {neurons.count:,} neurons off"] = off.predictions
+    return table
+
+
+@dataclass(frozen=True)
+class AnswerMeasure:
+    """``measure(model)``: the model's answers to the task's first ``n`` test examples (evaluate's
+    predictions: the best label, or the greedy answer), a protocol measure for ``run_arm``."""
+
+    task: Any  # nrnlib.tasks.Task
+    n: int
+
+    def settings(self) -> dict[str, Any]:
+        return {"measure": "answers", "n": self.n, "test": self.task.digest(select_examples(self.task, "test", self.n))}
+
+    def __call__(self, model) -> dict[str, Any]:
+        return {"answers": evaluate(model, self.task, n=self.n, progress=False).predictions}
+
+
+def answers_after_training(model, task, arms: Mapping[str, tuple[Arm, float]], protocol: Protocol, *,
+                           seed: int = 0, n: int = 5) -> pd.DataFrame:
+    """One row per test example: ``input``, ``gold``, ``untrained`` (the model as it is) and one column
+    per ``arms`` label, the answer after training that arm (``(Arm, lr)``) to convergence at ``seed``
+    (``run_arm``, cached; the model is put back after each)."""
+    task = as_task(task)
+    measure = AnswerMeasure(task, n)
+    examples = select_examples(task, "test", n)
+    table = pd.DataFrame({"input": [ex["input"] for ex in examples], "gold": [task.target(ex) for ex in examples],
+                          "untrained": measure(model)["answers"]})
+    for label, (arm, lr) in arms.items():
+        run = run_arm(model, [task], arm, protocol, lr=lr, seed=seed, measure=measure,
+                      measure_settings=measure.settings(), measure_code=ANSWER_CODE)
+        table[label] = run["measure"]["answers"]
     return table
 
 

@@ -35,3 +35,26 @@ def test_top_activations_are_the_largest_hook_values(model, parity_task):
     assert len(table) == 3 and table.token.map(len).gt(0).all()
     with pytest.raises(ValueError, match="neuron"):
         top_activations(model, parity_task, layer, model.cfg.d_mlp)
+
+
+def test_answers_after_training_are_those_of_the_trained_model(model, echo_task, tmp_path, monkeypatch):
+    """Each arm's column equals, by hand, train_to_convergence on the same arm, lr and seed then evaluate;
+    the untrained column is evaluate on the model as it is, and the model is put back."""
+    from nrnlib.experiments.answers import answers_after_training
+    from nrnlib.model_state import restored_after
+    from nrnlib.protocol import Arm, Protocol, train_to_convergence
+
+    monkeypatch.setenv("NRN_CACHE", str(tmp_path))
+    protocol = Protocol(dev_size=2, eval_every=1, patience=1, max_steps=3, batch_size=2, n_train=4, dev_batch_size=2)
+    neurons = NeuronSet.from_indices(model.cfg.n_layers, model.cfg.d_mlp, {1: range(8)}).for_model(model)
+    arms = {"neurons": (Arm("task:echo", "neurons", neurons=neurons), 0.3), "all": (Arm("all:echo", "all"), 0.05)}
+    before = [p.detach().clone() for p in model.parameters()]
+    table = answers_after_training(model, echo_task, arms, protocol, seed=1, n=3)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert list(table.untrained) == evaluate(model, echo_task, n=3, progress=False).predictions
+    assert list(table.gold) == [echo_task.target(ex) for ex in echo_task.test[:3]]
+    for label, (arm, lr) in arms.items():
+        with restored_after(model):
+            train_to_convergence(model, [echo_task], protocol, lr=lr, neurons=arm.neurons, mode=arm.mode, seed=1)
+            expected = evaluate(model, echo_task, n=3, progress=False).predictions
+        assert list(table[label]) == expected

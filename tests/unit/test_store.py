@@ -146,6 +146,23 @@ def test_a_result_under_hooks_is_never_cached_as_the_intact_models(tiny_model, p
     assert torch.equal(intact, fresh) and not torch.equal(intact, under)
 
 
+def test_run_with_cache_leaves_no_hook_that_blocks_the_cache(tiny_model, parity_task, cache):
+    """run_with_cache makes transformers install its own output-capturing hooks, which stay; they are
+    the library's, not an edit of the model, so cached calls still work afterwards (and a user's hook
+    is still caught)."""
+    from nrnlib import attribute
+    from nrnlib.model_state import attached_hooks
+
+    tiny_model.run_with_cache(torch.tensor([[1, 2, 3, 4]]))
+    assert attached_hooks(tiny_model) == []
+    attribute(tiny_model, parity_task, n_examples=4, progress=False)
+    handle = tiny_model.blocks[0].mlp.register_forward_hook(lambda m, i, o: None)
+    try:
+        assert attached_hooks(tiny_model) != []
+    finally:
+        handle.remove()
+
+
 # ---- concurrency --------------------------------------------------------------------------------
 
 _WORKER = textwrap.dedent("""
