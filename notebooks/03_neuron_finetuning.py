@@ -19,8 +19,9 @@
 # **Objectives.** After this notebook you can (1) write one neuron-only update by hand (gradient,
 # mask, AdamW's first step) and check it against `nrnlib`'s neuron-sparse trainer, (2) run a
 # fine-tuning comparison that a reader can trust: a dev split, training until the dev loss stops
-# improving, one learning rate per arm type chosen on dev, and (3) read the verdict as a paired
-# difference with a bootstrap CI, not as two means side by side.
+# improving, one learning rate per arm type chosen on dev, (3) read the verdict as a paired
+# difference with a bootstrap CI, not as two means side by side, and (4) look at what the model
+# answers before and after each kind of training.
 #
 # **Paper A's claim.** Fine-tuning only a task's top-10% neurons improves the task remarkably more
 # than fine-tuning the same number of randomly selected neurons (Table 2: on all tasks but one).
@@ -195,7 +196,18 @@ plots.save_figure(fig, "03_table2", width=1100, height=800, profile=profile.name
 fig
 
 # %% [markdown]
-# ## 6. The verdicts
+# ## 6. What the model answers, before and after
+# The first test prompts of a generation task, answered by the untrained model and after training each
+# arm of the first seed: the same arm, lr and seed as in the table, so on CPU the same weights (the
+# answers are a separate cached measurement of that training). What to look at: whether training the
+# task's own neurons gives different answers from training as many random neurons.
+
+# %%
+shown = next(t for t in tasks if get_task(t).category == "generation")
+experiments.table2_answers(model, sets, result, shown, protocol, seed=profile.seeds[0], control=controls[0])
+
+# %% [markdown]
+# ## 7. The verdicts
 # What to look at: where each task's CI lies relative to 0 (dashed), for both metrics.
 
 # %%

@@ -14,7 +14,13 @@ where it stopped and a rerun is instant.
 - ``layer_verdicts``: the claims of notebook 07 (likewise).
 """
 
-from nrnlib.experiments.answers import AnswerMeasure, answers_after_training, answers_table, top_activations
+from nrnlib.experiments.answers import (
+    AnswerMeasure,
+    answers_after_training,
+    answers_table,
+    table2_answers,
+    top_activations,
+)
 from nrnlib.experiments.attribution_vs_ablation import AblationCheck, ablation_check, ablation_check_table, draw_neurons
 from nrnlib.experiments.conditions import score_condition
 from nrnlib.experiments.deactivation import (
@@ -113,6 +119,7 @@ __all__ = [
     "AnswerMeasure",
     "answers_after_training",
     "answers_table",
+    "table2_answers",
     "top_activations",
     "AblationCheck",
     "TAU_GRID",

@@ -6,7 +6,8 @@ model" cells, issue 14).
   ``neurons`` the answer again with those neurons deactivated (``ablation.deactivate``).
 - :func:`answers_after_training`: the same examples' answers before and after training each of
   several protocol arms (``protocol.run_arm`` with :class:`AnswerMeasure`: the arm trains exactly as
-  in Table 2, same arm, lr and seed, so on CPU it reaches the same weights; the model is put back).
+  in Table 2, same arm, lr and seed, so on CPU it reaches the same weights; the model is put back);
+  :func:`table2_answers` does it for one task's Table 2 arms.
 - :func:`top_activations`: for one MLP neuron (``blocks.{layer}.mlp.hook_post``), the ``top`` token
   positions of a task's examples where its activation is largest, with the token and its context.
 """
@@ -23,6 +24,7 @@ import torch
 from nrnlib import encoding
 from nrnlib.ablation import deactivate
 from nrnlib.evaluate import evaluate, select_examples
+from nrnlib.experiments.neuron_finetuning import Table2, _neuron_arms
 from nrnlib.neurons import NeuronSet
 from nrnlib.protocol import Arm, Protocol, run_arm
 from nrnlib.tasks import as_task
@@ -76,6 +78,22 @@ def answers_after_training(model, task, arms: Mapping[str, tuple[Arm, float]], p
                       measure_settings=measure.settings(), measure_code=ANSWER_CODE)
         table[label] = run["measure"]["answers"]
     return table
+
+
+def table2_answers(model, sets_by_cell: Mapping[str, Mapping[str, NeuronSet]], table: Table2, task,
+                   protocol: Protocol, *, seed: int, control: str = "total", n: int = 5) -> pd.DataFrame:
+    """:func:`answers_after_training` for one task's Table 2 arms at ``seed``: the first cell's own set
+    ("task neurons"), its random draw for ``control`` ("random neurons") and, when Table 2 trained
+    them, "all parameters", each at the lr Table 2 chose (the same training as the table's rows)."""
+    task = as_task(task)
+    cell = next(iter(sets_by_cell))
+    chosen = table.lr[task.name]
+    named = {"task": "task neurons", "random": "random neurons"}
+    arms = {named[kind]: (arm, chosen["neurons"]["lr"])
+            for kind, _, _, arm in _neuron_arms(task.name, {cell: sets_by_cell[cell]}, [control], seed)}
+    if "all" in chosen:
+        arms["all parameters"] = (Arm(f"all:{task.name}", "all"), chosen["all"]["lr"])
+    return answers_after_training(model, task, arms, protocol, seed=seed, n=n)
 
 
 def top_activations(model, task, layer: int, neuron: int, *, n_examples: int = 32, top: int = 5,

@@ -386,6 +386,31 @@ def test_table2_rows_equal_hand_runs_and_share_one_lr(tiny_model, parity_task, t
         E.table2(tiny_model, {"global/all": {"parity": own}}, protocol, controls=("bogus",))
 
 
+def test_table2_answers_train_the_tables_arms(tiny_model, echo_task, tmp_path, monkeypatch):
+    """table2_answers' columns are the answers after training, by hand, the own set, its random draw
+    (random_like(seed, match)) and every parameter at the lrs Table 2 chose, at the given seed."""
+    from nrnlib.experiments import neuron_finetuning
+    from nrnlib.model_state import restored_after
+    from nrnlib.protocol import train_to_convergence
+
+    monkeypatch.setenv("NRN_CACHE", str(tmp_path))
+    monkeypatch.setattr(neuron_finetuning, "get_task", lambda name: echo_task)
+    L, D = tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp
+    own = NeuronSet.from_indices(L, D, {0: range(6), L - 1: range(3)})
+    sets = {"global/all": {"echo": own}}
+    protocol = _tiny_protocol()
+    table = E.table2(tiny_model, sets, protocol, seeds=(0, 1), n_test=3, progress=False)
+    answers = E.table2_answers(tiny_model, sets, table, echo_task, protocol, seed=1, n=3)
+    assert list(answers.columns) == ["input", "gold", "untrained", "task neurons", "random neurons", "all parameters"]
+    lr = table.lr["echo"]
+    for column, neurons, chosen in (("task neurons", own, lr["neurons"]["lr"]),
+                                    ("random neurons", own.random_like(1, match="total"), lr["neurons"]["lr"]),
+                                    ("all parameters", None, lr["all"]["lr"])):
+        with restored_after(tiny_model):
+            train_to_convergence(tiny_model, [echo_task], protocol, lr=chosen, seed=1, neurons=neurons)
+            assert list(answers[column]) == evaluate(tiny_model, echo_task, n=3, progress=False).predictions
+
+
 def test_table2_resumes_after_an_interruption_without_recomputing(tiny_model, parity_task, tmp_path, monkeypatch):
     """Kill the run after three arms; the rerun computes only the arms that had not finished, and gives
     the same rows as an uninterrupted run in a fresh cache."""
