@@ -240,3 +240,29 @@ def test_learning_rates_are_chosen_per_arm_type_on_the_first_task(tiny_model, se
     assert set(chosen["neurons"]["scores"]) == {1e-3, 1e-2}
     best = min(chosen["neurons"]["scores"], key=chosen["neurons"]["scores"].get)
     assert chosen["neurons"]["lr"] == best and calls == ["parity"]
+
+
+def test_every_stage_starts_with_fresh_optimizer_state(tiny_model, sequence_setup, monkeypatch):
+    """No AdamW state crosses a stage boundary: each stage trains with its own optimizer, whose first
+    step finds no moments (its step count is 1 afterwards), and that optimizer holds exactly the
+    stage's trainable slices (3 stages: 3 optimizers)."""
+    _, sets, selector, _ = sequence_setup
+    real_step, first_steps, sizes = torch.optim.AdamW.step, {}, {}
+
+    def recording(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        if id(self) not in first_steps:
+            first_steps[id(self)] = sorted({int(s["step"]) for s in self.state.values()})
+            sizes[id(self)] = sum(p.numel() for g in self.param_groups for p in g["params"])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    _run(tiny_model, selector)
+    assert len(first_steps) == 3 and all(steps == [1] for steps in first_steps.values())
+    from nrnlib.models import NeuronGeometry
+
+    # entries per neuron: Llama gate row, up row, down column; GPT-2 c_fc column and bias, c_proj row
+    per_neuron = sum(sl.param.numel() // sl.param.shape[sl.dim]
+                     for sl in NeuronGeometry.of(tiny_model).slices(tiny_model, 0))
+    expected = [sets[t].count * per_neuron for t in ("parity", "echo", "parity2")]
+    assert list(sizes.values()) == expected
