@@ -128,19 +128,28 @@ def model_identity(model: TransformerBridge) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+_WORDS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int32}  # element size -> integer word
+
+
+def _weight_digest(p: torch.Tensor) -> int:
+    """The exact sum of a tensor's bits read as integers (its 8/16/32-bit words, int64 accumulator).
+    Integer addition is associative, so the result does not depend on the reduction order: not on
+    the number of CPU threads, the SIMD width, nor the device; any changed bit changes a word."""
+    words = p.detach().contiguous().view(_WORDS[p.element_size()])
+    return int(words.sum(dtype=torch.int64))
+
+
 def model_fingerprint(model: TransformerBridge) -> str:
     """Identity of a model's architecture, tokenizer + chat template, and current weights (a cache key).
 
-    The identity (``model_identity``) plus the dtype and the sum and L2 norm of every parameter
-    tensor: any fine-tuning step, even of a few neurons, changes it, so a fine-tuned model never
-    reuses a cache entry of its base model. One read of the weights, reduced on their device.
+    The identity (``model_identity``) plus the dtype and, per parameter tensor, the exact integer sum
+    of its bits (``_weight_digest``): any fine-tuning step, even of a few neurons, changes it, so a
+    fine-tuned model never reuses a cache entry of its base model, and the same weights give the same
+    key whatever the thread count (a float sum's last bits depend on the reduction order).
     """
     with torch.no_grad():
         params = unique_parameters(model)
-        stats = [p.sum(dtype=torch.float32) for p in params] + [
-            torch.linalg.vector_norm(p, dtype=torch.float32) for p in params
-        ]
-        weights = torch.stack([x.to(params[0].device) for x in stats]).double().cpu().tolist()
+        weights = [_weight_digest(p) for p in params]
     blob = json.dumps([model_identity(model), str(params[0].dtype), weights], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

@@ -257,3 +257,32 @@ def test_lookup_reads_without_computing_and_entry_path_names_the_file(cache):
     assert path.exists()
     path.write_text("garbage")
     assert store.lookup("probe", **where) is None  # unreadable: a miss, as for cached
+
+
+def test_fingerprint_does_not_depend_on_the_thread_count_but_on_every_weight(tiny_model):
+    """The weight statistics of the key are the same with 1, 2 and 4 threads, on a tensor whose float32
+    sum does change with the thread count (the reduction order: it once split one cache in two); one
+    entry nudged by one ulp changes the model's key."""
+    from nrnlib.model_state import _weight_digest, model_fingerprint
+
+    big = torch.randn(1536, 576, generator=torch.Generator().manual_seed(0)) * 0.02  # a SmolLM2 MLP matrix
+    threads = torch.get_num_threads()
+    try:
+        float_sums, digests = set(), set()  # float_sums: 2 distinct values on the 2-core machine
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            float_sums.add(big.sum(dtype=torch.float32).item())
+            digests.add(_weight_digest(big))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(digests) == 1  # while the float32 sums differ on our CI-class CPU (not asserted: machine-specific)
+    key = model_fingerprint(tiny_model)
+    weight = next(iter(tiny_model.parameters()))
+    with torch.no_grad():
+        old = weight[0, 0].clone()
+        weight[0, 0] = torch.nextafter(old, old + 1)
+        try:
+            assert model_fingerprint(tiny_model) != key
+        finally:
+            weight[0, 0] = old
+    assert model_fingerprint(tiny_model) == key
