@@ -164,7 +164,7 @@ def main() -> None:
             len(times[k]) // 2], 3) for k in times},
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    out = args.out or RESULTS / f"attribution_speed_{'cuda' if model.cfg.device.type == 'cuda' else 'cpu'}.json"
+    out = args.out or RESULTS / f"attribution_speed_{torch.device(model.cfg.device).type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     for name, s in report["seconds"].items():
