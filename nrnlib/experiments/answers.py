@@ -32,15 +32,19 @@ from nrnlib.tasks import as_task
 ANSWER_CODE = ("experiments.answers", "evaluate", "encoding")
 
 
+def _examples_frame(task, n: int) -> pd.DataFrame:
+    """``input`` and ``gold`` of the task's first ``n`` test examples (the rows of every answers table)."""
+    examples = select_examples(task, "test", n)
+    return pd.DataFrame({"input": [ex["input"] for ex in examples], "gold": [task.target(ex) for ex in examples]})
+
+
 def answers_table(model, task, n: int = 5, *, neurons: NeuronSet | None = None, shots: int = 0,
                   batch_size: int = 16) -> pd.DataFrame:
     """One row per example: ``input``, ``gold``, ``answer`` (and ``answer, neurons off`` with
     ``neurons``), from ``evaluate``'s predictions on the same examples."""
     task = as_task(task)
-    examples = select_examples(task, "test", n)
-    intact = evaluate(model, task, n=n, shots=shots, batch_size=batch_size, progress=False)
-    table = pd.DataFrame({"input": [ex["input"] for ex in examples], "gold": [task.target(ex) for ex in examples],
-                          "answer": intact.predictions})
+    table = _examples_frame(task, n)
+    table["answer"] = evaluate(model, task, n=n, shots=shots, batch_size=batch_size, progress=False).predictions
     if neurons is not None:
         with deactivate(model, neurons):
             off = evaluate(model, task, n=n, shots=shots, batch_size=batch_size, progress=False)
@@ -70,9 +74,8 @@ def answers_after_training(model, task, arms: Mapping[str, tuple[Arm, float]], p
     (``run_arm``, cached; the model is put back after each)."""
     task = as_task(task)
     measure = AnswerMeasure(task, n)
-    examples = select_examples(task, "test", n)
-    table = pd.DataFrame({"input": [ex["input"] for ex in examples], "gold": [task.target(ex) for ex in examples],
-                          "untrained": measure(model)["answers"]})
+    table = _examples_frame(task, n)
+    table["untrained"] = measure(model)["answers"]
     for label, (arm, lr) in arms.items():
         run = run_arm(model, [task], arm, protocol, lr=lr, seed=seed, measure=measure,
                       measure_settings=measure.settings(), measure_code=ANSWER_CODE)
