@@ -71,6 +71,20 @@ suite = experiments.task_suite_table()
 suite
 
 # %% [markdown]
+# ## What the model answers
+# Before any score, the answers themselves: the first five test examples of one classification task
+# (`word_polarity`: is this word positive or negative?) and one generation task (`antonym`), with the
+# gold answer, the model's zero-shot answer and its answer after the few-shot demonstrations.
+# Classification answers are the label word the model scores highest among the task's labels;
+# generation answers are its greedy continuation. What to look at: whether a classification column
+# repeats one label (a prior preference that Batch Calibration removes, below), and whether the
+# generation answers are the right kind of word even where they miss the gold one.
+
+# %%
+pd.concat({shown: experiments.answers_by_shots(model, shown, shots=(0, profile.shots), n=5)
+           for shown in ("word_polarity", "antonym")}, names=["task", "example"])
+
+# %% [markdown]
 # ## Zero-shot and few-shot scores against chance
 # Few-shot demonstrations are earlier chat turns drawn from the task's train split (never the test split).
 # Chance is the majority-class rate among the scored test examples for classification and 0 for generation.

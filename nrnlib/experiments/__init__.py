@@ -17,6 +17,7 @@ where it stopped and a rerun is instant.
 from nrnlib.experiments.answers import (
     AnswerMeasure,
     answers_after_training,
+    answers_by_shots,
     answers_table,
     table2_answers,
     top_activations,
@@ -118,6 +119,7 @@ from nrnlib.experiments.verdicts import (
 __all__ = [
     "AnswerMeasure",
     "answers_after_training",
+    "answers_by_shots",
     "answers_table",
     "table2_answers",
     "top_activations",

@@ -4,6 +4,8 @@ model" cells, issue 14).
 - :func:`answers_table`: the first ``n`` test examples of a task with the gold answer and the model's
   answer (classification: the highest-scoring label; generation: the greedy answer), and with
   ``neurons`` the answer again with those neurons deactivated (``ablation.deactivate``).
+- :func:`answers_by_shots`: the same rows with one answer column per number of demonstrations
+  (notebook 00: what the model says zero-shot and few-shot).
 - :func:`answers_after_training`: the same examples' answers before and after training each of
   several protocol arms (``protocol.run_arm`` with :class:`AnswerMeasure`: the arm trains exactly as
   in Table 2, same arm, lr and seed, so on CPU it reaches the same weights; the model is put back);
@@ -14,7 +16,7 @@ model" cells, issue 14).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +51,20 @@ def answers_table(model, task, n: int = 5, *, neurons: NeuronSet | None = None, 
         with deactivate(model, neurons):
             off = evaluate(model, task, n=n, shots=shots, batch_size=batch_size, progress=False)
         table[f"answer, {neurons.count:,} neurons off"] = off.predictions
+    return table
+
+
+def answers_by_shots(model, task, shots: Sequence[int] = (0, 2), n: int = 5, *, batch_size: int = 16,
+                     seed: int = 0) -> pd.DataFrame:
+    """One row per example: ``input``, ``gold`` and ``answer, {s}-shot`` for each ``s`` in ``shots``
+    (``evaluate``'s predictions with ``s`` demonstrations drawn from the train split at ``seed``)."""
+    task = as_task(task)
+    if not shots or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shots):
+        raise ValueError(f"answers_by_shots: shots must be non-negative integers, got {list(shots)}")
+    table = _examples_frame(task, n)
+    for s in dict.fromkeys(shots):
+        table[f"answer, {s}-shot"] = evaluate(model, task, n=n, shots=s, seed=seed, batch_size=batch_size,
+                                               progress=False).predictions
     return table
 
 

@@ -7,7 +7,7 @@ import torch
 from nrnlib import encoding
 from nrnlib.ablation import deactivate
 from nrnlib.evaluate import evaluate
-from nrnlib.experiments.answers import answers_table, top_activations
+from nrnlib.experiments.answers import answers_by_shots, answers_table, top_activations
 from nrnlib.neurons import NeuronSet
 
 
@@ -20,6 +20,17 @@ def test_answers_are_the_models_predictions(model, parity_task, echo_task):
         with deactivate(model, neurons.for_model(model)):
             off = evaluate(model, task, n=3, progress=False).predictions
         assert list(table.iloc[:, -1]) == off
+
+
+def test_answers_by_shots_are_the_predictions_with_that_many_demonstrations(model, parity_task):
+    table = answers_by_shots(model, parity_task, shots=(0, 2, 0), n=3, batch_size=2)
+    assert list(table.columns) == ["input", "gold", "answer, 0-shot", "answer, 2-shot"]
+    for shots in (0, 2):
+        expected = evaluate(model, parity_task, n=3, shots=shots, progress=False).predictions
+        assert list(table[f"answer, {shots}-shot"]) == expected
+    for bad in ((), (-1,), (True,)):
+        with pytest.raises(ValueError, match="shots"):
+            answers_by_shots(model, parity_task, shots=bad)
 
 
 def test_top_activations_are_the_largest_hook_values(model, parity_task):
