@@ -159,13 +159,22 @@ def heatmaps_figure(
     return fig
 
 
+def palette(n: int) -> list[str]:
+    """``n`` distinct colours: plotly's default 10 when they suffice, else Dark24 (24), else Alphabet (26)."""
+    for colours in (px.colors.qualitative.Plotly, px.colors.qualitative.Dark24, px.colors.qualitative.Alphabet):
+        if n <= len(colours):
+            return list(colours)
+    raise ValueError(f"palette: {n} groups is more than 26 distinguishable colours; facet or filter the table")
+
+
 def lines_figure(table: pd.DataFrame, x: str, y: str, color: str, title: str, facet_col: str | None = None,
                  line_dash: str | None = None, chance: float | None = None, log_x: bool = False,
                  labels: Mapping[str, str] | None = None, facet_col_wrap: int = 0) -> go.Figure:
-    """Lines with markers (one per ``color`` group), optionally faceted, with a dotted chance line."""
+    """Lines with markers (one per ``color`` group), optionally faceted, with a dotted chance line.
+    Up to 10 groups use plotly's default colours; more use a 24-colour palette, so no two share one."""
     fig = px.line(table, x=x, y=y, color=color, facet_col=facet_col, line_dash=line_dash, markers=True,
                   template=TEMPLATE, title=title, log_x=log_x, labels=dict(labels or {}),
-                  facet_col_wrap=facet_col_wrap)
+                  facet_col_wrap=facet_col_wrap, color_discrete_sequence=palette(table[color].nunique()))
     if chance is not None:
         fig.add_hline(y=chance, line_dash="dot", line_color="black", annotation_text="random set")
     return fig
