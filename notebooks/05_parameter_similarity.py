@@ -136,6 +136,14 @@ plots.save_figure(fig, "05_similarity_by_layer", width=1300, height=450, profile
 fig
 
 # %% [markdown]
+# **Reading (the committed `standard` run).** In every setting the task sets' curve lies far above the
+# shuffled control (by 0.40 to 0.46 over layers 16–30): the neurons two tasks select are alike. The
+# untrained curve is there but hidden under the trained one. The two differ by at most 0.001 in any layer,
+# so fine-tuning 10% of the neurons does not make the sets more alike. The similarity is a property of
+# the loaded model and of the neurons the two sets share (in layer 1, tweet_sentiment and headline_topic
+# share 191 of their 350 and 372).
+
+# %% [markdown]
 # ## 4. Does similarity go with the held-out task's gain?
 # Per layer, over the (model, held-out task) pairs: Spearman's $\rho$ (and Pearson's $r$ beside it).
 # What to look at: whether $\rho$ is positive from some depth on, and whether the shuffled similarity
@@ -151,6 +159,14 @@ fig = plots.lines_figure(both, "layer", "spearman", "pair", f"Spearman's rho bet
                          labels={"spearman": "Spearman's rho", "layer": "layer"})
 plots.save_figure(fig, "05_correlation_by_layer", width=1300, height=450, profile=profile.name)
 fig
+
+# %% [markdown]
+# **Reading (the committed `standard` run).** Each setting has nine (model, held-out task) pairs, so
+# $\rho$ swings from layer to layer, and the shuffled control swings about as much. Over layers 16–30 the
+# task sets' $\rho$ leans positive for classification → classification (mean 0.48) and generation →
+# generation (0.49, positive in all 15 layers). It is weaker for classification → generation (0.25) and
+# absent for generation → classification (0.03). The table below and the verdicts' CIs say how little
+# nine pairs can decide.
 
 # %%
 corr[corr.layer >= model.cfg.n_layers // 2].round(3)
