@@ -301,8 +301,9 @@ def cka_references_figure(mean: pd.DataFrame, title: str, ranges: Mapping[str, t
                         row_heights=[0.7, 0.3] if rows == 2 else None,
                         subplot_titles=("CKA with the single-task control C_t",
                                         "E − base gap (95% CI over tasks)")[:rows])
+    colours = palette(mean["curve"].nunique())
     for i, (label, part) in enumerate(mean.groupby("curve", sort=False)):
-        colour = px.colors.qualitative.Plotly[i % 10]
+        colour = colours[i]
         dash = ("dot" if label.startswith(("ceiling", "floor")) else "dashdot" if label.startswith("cross")
                 else "dash" if "unseen" in label else "solid")
         fig.add_trace(go.Scatter(x=part.layer, y=part.cka, mode="lines+markers", name=label,
@@ -335,8 +336,9 @@ def gap_figure(tables: Mapping[str, pd.DataFrame], title: str, delta: float = 0.
     label → ``experiments.gap_ranges``' table: block, gap, ci_low, ci_high, closer); filled markers on
     the blocks the gap rule calls closer (the whole CI above ``delta``, the dotted line)."""
     fig = go.Figure()
+    colours = palette(len(tables))
     for i, (label, table) in enumerate(tables.items()):
-        colour = px.colors.qualitative.Plotly[i % 10]
+        colour = colours[i]
         offset = 0.12 * (i - (len(tables) - 1) / 2)  # side by side, so the error bars do not overlap
         fig.add_trace(go.Scatter(
             x=table.block + 1 + offset, y=table.gap, mode="markers+lines", name=label, line=dict(color=colour, width=1),
