@@ -48,7 +48,7 @@ reproduce: setup
 # two-threaded process, and more threads than cores stall torch's thread pool.
 TEST_WORKERS ?= 2
 test: setup
-	OMP_NUM_THREADS=1 NRN_TYPECHECK=1 NRN_PROFILE=smoke NRN_FIGURE_FORMATS=html NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) \
+	OMP_NUM_THREADS=1 NRN_WORKERS=1 NRN_TYPECHECK=1 NRN_PROFILE=smoke NRN_FIGURE_FORMATS=html NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) \
 	  $(PY) -m pytest tests notebooks -n $(TEST_WORKERS) --dist loadfile \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider -q
 	NRN_PROFILE=smoke NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) $(PY) -m pytest tests/unit -m wrong_type \

@@ -105,14 +105,20 @@ def print_plan(profile_name: str | None, only: list[str] | None) -> int:
     return 0
 
 
-def reproduce(profile_name: str | None, only: list[str] | None) -> None:
+def reproduce(profile_name: str | None, only: list[str] | None, workers: int | None = None) -> None:
+    from nrnlib.workers import default_workers
+
     profile = get_profile(profile_name)
     os.environ["NRN_PROFILE"] = profile.name
+    if workers is not None:
+        os.environ["NRN_WORKERS"] = str(workers)  # inherited by the kernels
+    workers = default_workers()
     sources = notebook_sources(only)
     minutes = profile.expected_minutes([source.name[:2] for source in sources])
     expected = (f"about {minutes:.0f} minutes on 2 CPU cores (uncached; much less on a GPU)" if minutes is not None
                 else "not timed on a CPU: run it on a GPU")
-    print(f"Profile {profile.name!r}: {len(sources)} notebooks, expected {expected}.", flush=True)
+    print(f"Profile {profile.name!r}: {len(sources)} notebooks, expected {expected}; independent arms shared "
+          f"over {workers} process{'es' if workers > 1 else ''} (NRN_WORKERS).", flush=True)
     out_dir = None
     if profile.name == "smoke":  # a quick look never overwrites the committed notebooks, figures and results
         out_dir = Path(os.environ.get("NRN_SMOKE_DIR") or Path.cwd() / ".nrn_cache" / "smoke")
@@ -135,6 +141,13 @@ def reproduce(profile_name: str | None, only: list[str] | None) -> None:
     print(f"Gallery: {build_gallery()}")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int | None:
     parser = argparse.ArgumentParser(prog="python -m nrnlib")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +155,9 @@ def main(argv: list[str] | None = None) -> int | None:
     rep.add_argument("--profile", choices=["smoke", "standard", "full"], default=None)
     rep.add_argument("--only", nargs="*", help="notebook prefixes, e.g. 00 02")
     rep.add_argument("--dry-run", action="store_true", help="print the plan and check every size; run nothing")
+    rep.add_argument("--workers", type=_positive_int, default=None,
+                     help="CPU processes that share a notebook's independent arms (default: $NRN_WORKERS, else "
+                          "the usable cores up to 4)")
     sub.add_parser("gallery", help="write figures/index.html: every figure, offline, with its caption")
     card = sub.add_parser("scorecard", help="write REPRODUCTION.md from figures/results/*.json")
     card.add_argument("--check", action="store_true", help="write nothing; exit 1 if REPRODUCTION.md is out of date")
@@ -159,7 +175,7 @@ def main(argv: list[str] | None = None) -> int | None:
     if args.command == "reproduce":
         if args.dry_run:
             return print_plan(args.profile, args.only)
-        reproduce(args.profile, args.only)
+        reproduce(args.profile, args.only, args.workers)
 
 
 if __name__ == "__main__":

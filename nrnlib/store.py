@@ -237,9 +237,11 @@ def device_description(model: TransformerBridge | None = None) -> str:
 
 
 def entry_provenance(compute_s: float, model: TransformerBridge | None = None) -> dict[str, Any]:
-    """Where one cache entry came from: commit, versions, device, compute seconds, time written."""
+    """Where one cache entry came from: commit, versions, device, compute seconds, time written, and the
+    process that computed it (``workers.run_jobs`` shares work between processes)."""
     return {"commit": _commit_once(), "versions": library_versions(), "device": device_description(model),
-            "compute_s": round(float(compute_s), 3), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "compute_s": round(float(compute_s), 3), "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "pid": os.getpid()}
 
 
 # --------------------------------------------------------------------------------------------------

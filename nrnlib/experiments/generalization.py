@@ -23,14 +23,14 @@ of the categories' joint runs (``protocol.choose_lr``); those runs are cached an
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from nrnlib.experiments.neuron_finetuning import DECODED_METRIC, MEASURE_CODE, TestMeasure, measure_untrained
 from nrnlib.model_state import model_fingerprint
@@ -38,6 +38,7 @@ from nrnlib.neurons import NeuronSet
 from nrnlib.protocol import Arm, Protocol, choose_lr, run_arm
 from nrnlib.selection import select_neurons
 from nrnlib.tasks import get_task
+from nrnlib.workers import run_jobs
 
 PROPORTIONS = (0.01, 0.05, 0.10, 0.30, 0.50, 0.70, 1.0)  # Paper A's sweep, 100% = every MLP neuron
 REFERENCE_P = 0.10  # where the sweep's lr is chosen
@@ -130,12 +131,13 @@ def proportion_sweep(
     model, scores: Mapping[str, Tensor], protocol: Protocol, categories: Mapping[str, Sequence[str]],
     test_tasks: Sequence[str], *, proportions: Sequence[float] = PROPORTIONS, seeds: Sequence[int] = (0, 1, 2),
     individual_proportions: Sequence[float] = (), individual_seeds: Sequence[int] | None = None, n_test: int = 24,
-    reference_p: float = REFERENCE_P, batch_size: int = 16, progress: bool = True,
+    reference_p: float = REFERENCE_P, batch_size: int = 16, progress: bool = True, workers: int | None = None,
 ) -> Sweep:
     """Figure 2's sweep (module docstring). ``scores[t]`` is every task's relevance (``relevance_scores``;
     it needs the training and the test tasks); ``categories`` maps each category to its training
     tasks; ``test_tasks`` are scored after every joint run (the training tasks among them are ID).
-    ``seeds``: the joint runs'; ``individual_seeds``: individual training's (None: ``seeds``)."""
+    ``seeds``: the joint runs'; ``individual_seeds``: individual training's (None: ``seeds``).
+    The runs are shared out over ``workers`` processes (``workers.run_jobs``; default ``$NRN_WORKERS``)."""
     individual_seeds = tuple(seeds if individual_seeds is None else individual_seeds)
     if not categories or not all(categories.values()):
         raise ValueError("proportion_sweep: categories must map each category to its training tasks")
@@ -155,47 +157,42 @@ def proportion_sweep(
     by_p = {p: proportion_sets(scores, p, model) for p in dict.fromkeys((reference_p, *proportions,
                                                                          *individual_proportions))}
     grid = protocol.grid("neurons")
-    n_individual = sum(map(len, categories.values())) * len(individual_proportions) * len(individual_seeds)
-    bar = tqdm(total=len(grid) * len(categories) + len(categories) * len(proportions) * len(seeds) + n_individual,
-               desc="Figure 2 arms", disable=not progress)
 
-    def joint(category: str, p: float, lr: float, seed: int) -> dict:
+    def joint(category: str, p: float, lr: float, seed: int) -> Callable[[], dict]:
         train = categories[category]
         arm = Arm(f"joint:{category}:p={p:g}", "neurons", neurons=training_union(by_p[p], train))
-        bar.set_postfix_str(f"{arm.name} lr={lr:g} seed={seed}")
-        run = run_arm(model, [get_task(t) for t in train], arm, protocol, lr=lr, seed=seed, measure=everything,
-                      measure_settings=everything.settings(), measure_code=MEASURE_CODE, fingerprint=fp)
-        out.runs.append(run)
-        bar.update()
-        return run
+        return partial(run_arm, model, [get_task(t) for t in train], arm, protocol, lr=lr, seed=seed,
+                       measure=everything, measure_settings=everything.settings(), measure_code=MEASURE_CODE,
+                       fingerprint=fp)
 
-    scores_by_lr = {lr: sum(joint(c, reference_p, lr, seeds[0])["curve"]["best_dev_loss"] for c in categories)
-                    / len(categories) for lr in grid}
+    def individual(name: str, p: float, lr: float, seed: int) -> Callable[[], dict]:
+        arm = Arm(f"individual:{name}:p={p:g}", "neurons", neurons=by_p[p][name])
+        return partial(run_arm, model, [get_task(name)], arm, protocol, lr=lr, seed=seed, measure=measures[name],
+                       measure_settings=measures[name].settings(), measure_code=MEASURE_CODE, fingerprint=fp)
+
+    run = partial(run_jobs, workers=workers, progress=progress, device=model.cfg.device)
+    choice = [(lr, c) for lr in grid for c in categories]
+    choice_runs = run([joint(c, reference_p, lr, seeds[0]) for lr, c in choice], desc="Figure 2: lr choice")
+    scores_by_lr = {lr: sum(r["curve"]["best_dev_loss"] for (g, _), r in zip(choice, choice_runs, strict=True)
+                            if g == lr) / len(categories) for lr in grid}
     lr = choose_lr(scores_by_lr)
     out.lr = {"lr": lr, "scores": scores_by_lr, "reference_p": reference_p}
+    joint_cells = [(seed, category, p) for seed in seeds for category in categories for p in proportions]
+    individual_cells = [(seed, category, name, p) for seed in individual_seeds for category, train in categories.items()
+                        for name in train for p in individual_proportions]
+    runs = run([joint(category, p, lr, seed) for seed, category, p in joint_cells]
+               + [individual(name, p, lr, seed) for seed, _, name, p in individual_cells], desc="Figure 2 arms")
+    out.runs = [*choice_runs, *runs]
     rows = []
-    for seed in seeds:
-        for category, train in categories.items():
-            for p in proportions:
-                run = joint(category, p, lr, seed)
-                union = training_union(by_p[p], train)
-                overlap = {y: union.iou(by_p[p][y]) for y in test_tasks}
-                rows += _rows("joint", category, "+".join(train), p, seed, run, run["measure"]["tasks"],
-                              out.untrained, train, overlap)
-    for seed in individual_seeds:
-        for category, train in categories.items():
-            for name in train:
-                for p in individual_proportions:
-                    arm = Arm(f"individual:{name}:p={p:g}", "neurons", neurons=by_p[p][name])
-                    bar.set_postfix_str(f"{arm.name} seed={seed}")
-                    run = run_arm(model, [get_task(name)], arm, protocol, lr=lr, seed=seed, measure=measures[name],
-                                  measure_settings=measures[name].settings(), measure_code=MEASURE_CODE,
-                                  fingerprint=fp)
-                    out.runs.append(run)
-                    bar.update()
-                    rows += _rows("individual", category, name, p, seed, run, {name: run["measure"]}, out.untrained,
-                                  [name], {name: 1.0})
-    bar.close()
+    for (seed, category, p), joint_run in zip(joint_cells, runs[:len(joint_cells)], strict=True):
+        train = categories[category]
+        union = training_union(by_p[p], train)
+        overlap = {y: union.iou(by_p[p][y]) for y in test_tasks}
+        rows += _rows("joint", category, "+".join(train), p, seed, joint_run, joint_run["measure"]["tasks"],
+                      out.untrained, train, overlap)
+    for (seed, category, name, p), alone in zip(individual_cells, runs[len(joint_cells):], strict=True):
+        rows += _rows("individual", category, name, p, seed, alone, {name: alone["measure"]}, out.untrained,
+                      [name], {name: 1.0})
     out.rows = pd.DataFrame(rows)
     return out
 

@@ -1,5 +1,8 @@
 """Notebook 04 (Paper A Figure 2): the sets, the overlap, the sweep against hand runs, the verdicts by hand."""
 
+import json
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -104,3 +107,33 @@ def test_union_of_one_set_is_itself_and_needs_a_task():
     assert G.training_union({"a": s}, ["a"]) == s
     with pytest.raises(ValueError, match="at least one"):
         G.training_union({"a": s}, [])
+
+
+def test_proportion_sweep_with_two_workers_equals_one_process(tiny_model, parity_task, echo_task, tmp_path,
+                                                              monkeypatch):
+    """The runs shared over two forked processes give the same rows, lr choice and curves as one process
+    (each its own fresh cache), and both processes computed some of them."""
+    from nrnlib.protocol import Protocol
+
+    tasks = {"parity": parity_task, "echo": echo_task}
+    monkeypatch.setattr(G, "get_task", tasks.__getitem__)
+    gen = torch.Generator().manual_seed(1)
+    scores = {t: torch.rand(tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp, generator=gen) for t in tasks}
+    protocol = Protocol(dev_size=2, eval_every=1, patience=1, max_steps=2, batch_size=2, n_train=4, dev_batch_size=2,
+                        lr_grids={"neurons": (1e-2, 3e-2)})
+    sweeps = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("NRN_CACHE", str(tmp_path / f"cache{workers}"))
+        sweeps[workers] = G.proportion_sweep(tiny_model, scores, protocol, {"classification": ["parity"]},
+                                             ["parity", "echo"], proportions=(0.1, 0.5, 1.0), seeds=(0, 1),
+                                             individual_proportions=(0.1, 0.5), n_test=4, reference_p=0.1,
+                                             progress=False, workers=workers)
+    one, two = sweeps[1], sweeps[2]
+    assert one.lr == two.lr
+    drop = ["wall_s"]
+    pd.testing.assert_frame_equal(one.rows.drop(columns=drop, errors="ignore"),
+                                  two.rows.drop(columns=drop, errors="ignore"))
+    assert [r["curve"]["train_loss"] for r in one.runs] == [r["curve"]["train_loss"] for r in two.runs]
+    arms = (tmp_path / "cache2" / "protocol_arm").glob("*.json")
+    pids = {json.loads(path.read_text())["provenance"]["pid"] for path in arms}
+    assert os.getpid() in pids and len(pids) >= 2  # a helper per run_jobs call (lr choice, then the sweep)
