@@ -49,7 +49,7 @@ from nrnlib import experiments, plots
 from nrnlib.claims import claims_table, describe
 from nrnlib.models import load_model
 from nrnlib.profiles import get_profile
-from nrnlib.protocol import Protocol, loss_curves_figure
+from nrnlib.protocol import Protocol
 from nrnlib.store import save_results
 from nrnlib.tasks import get_task
 
@@ -148,15 +148,22 @@ fig
 
 # %% [markdown]
 # ## 6. Did the runs converge?
+# What to look at: each run's dev loss at every evaluation (one panel per joint category or task
+# trained alone, one colour per proportion, one dash per seed). A run stops when its dev loss has not
+# improved for `patience` evaluations, and its best evaluation's weights are the ones scored; a run
+# still falling at the step cap has not converged.
 
 # %%
-final = [r for r in sweep.runs if r["lr"] == sweep.lr["lr"]]
-fig = loss_curves_figure(final, title=f"Train and dev loss of the sweep's runs ({profile.name})")
-plots.save_figure(fig, "04_loss_curves", width=1200, height=650, profile=profile.name)
+dev = experiments.dev_curves(sweep.runs, lr=sweep.lr["lr"])
+fig = plots.lines_figure(dev, "step", "dev_loss", "p", f"Dev loss of the sweep's runs at lr "
+                         f"{sweep.lr['lr']:g} ({profile.name})", facet_col="panel", line_dash="seed",
+                         facet_col_wrap=4, labels={"dev_loss": "dev answer loss (nats)", "step": "step", "p": ""})
+plots.save_figure(fig, "04_loss_curves", width=1300, height=700, profile=profile.name)
 runs = rows.drop_duplicates(["mode", "trained", "p", "seed"])
 print(f"{len(runs)} runs: stopped {runs.stopped.value_counts().to_dict()}; {int((runs.best_step == 0).sum())} never "
       "improved on their dev loss (their weights are the untrained model's, their gains 0: at this lr, training "
       "that many neurons only hurt)")
+fig
 
 # %% [markdown]
 # ## 7. The verdicts

@@ -197,6 +197,26 @@ def proportion_sweep(
     return out
 
 
+def dev_curves(runs: Sequence[Mapping[str, Any]], lr: float | None = None) -> pd.DataFrame:
+    """The dev loss of every sweep run (``Sweep.runs``; at ``lr`` only when given) for a convergence
+    figure: one row per (run, evaluation) with ``panel`` ("joint: {category}" or "alone: {task}"),
+    ``p`` (a label, "p = 10%"), ``seed``, ``step``, ``dev_loss`` and ``best`` (its best evaluation)."""
+    from nrnlib.protocol import curves_frame
+
+    chosen = [r for r in runs if lr is None or r["lr"] == lr]
+    frame = curves_frame(chosen)
+    frame = frame[frame.split == "dev"].drop_duplicates(["arm", "lr", "seed", "step"])
+    parts = frame.arm.str.extract(r"^(?P<mode>joint|individual):(?P<group>.+):p=(?P<p>[0-9.e-]+)$")
+    if parts.isna().any().any():
+        raise ValueError(f"dev_curves: not a sweep run: {sorted(set(frame.arm[parts.isna().any(axis=1)]))}")
+    p = parts.p.astype(float)
+    return pd.DataFrame({
+        "panel": parts["mode"].map({"joint": "joint: ", "individual": "alone: "}) + parts.group,
+        "p": [f"p = {v:.0%}" for v in p], "p_value": p, "seed": frame.seed.to_numpy(), "step": frame.step.to_numpy(),
+        "dev_loss": frame.loss.to_numpy(), "best": frame.best.to_numpy(),
+    }).sort_values(["panel", "p_value", "seed", "step"], kind="stable").reset_index(drop=True)
+
+
 def curve_summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Per (mode, category, relation, p): the mean gain over test tasks, seeds and examples (log-prob
     and decoded), the mean overlap, and the number of test tasks."""

@@ -137,3 +137,24 @@ def test_proportion_sweep_with_two_workers_equals_one_process(tiny_model, parity
     arms = (tmp_path / "cache2" / "protocol_arm").glob("*.json")
     pids = {json.loads(path.read_text())["provenance"]["pid"] for path in arms}
     assert os.getpid() in pids and len(pids) >= 2  # a helper per run_jobs call (lr choice, then the sweep)
+
+
+def test_dev_curves_reads_the_sweep_runs_by_hand():
+    """One row per dev evaluation of each run at the chosen lr, its panel and proportion from the arm name;
+    a run that is not a sweep arm is refused."""
+
+    def run(arm, lr, seed, steps, losses, best):
+        return {"arm": arm, "arm_type": "neurons", "lr": lr, "seed": seed,
+                "curve": {"train_loss": [9.0] * steps[-1], "dev_steps": steps, "dev_loss": losses, "best_step": best}}
+
+    runs = [run("joint:classification:p=0.1", 1e-3, 0, [0, 10, 20], [3.0, 2.5, 2.7], 10),
+            run("individual:antonym:p=0.5", 1e-3, 1, [0, 10], [4.0, 3.0], 10),
+            run("joint:generation:p=0.1", 3e-3, 0, [0, 10], [5.0, 6.0], 0)]
+    table = G.dev_curves(runs, lr=1e-3)
+    assert table.panel.tolist() == ["alone: antonym"] * 2 + ["joint: classification"] * 3
+    assert table.p.tolist() == ["p = 50%"] * 2 + ["p = 10%"] * 3
+    assert table.dev_loss.tolist() == [4.0, 3.0, 3.0, 2.5, 2.7] and table.step.tolist() == [0, 10, 0, 10, 20]
+    assert table.best.tolist() == [False, True, False, True, False] and table.seed.tolist() == [1, 1, 0, 0, 0]
+    assert len(G.dev_curves(runs)) == 7
+    with pytest.raises(ValueError, match="not a sweep run"):
+        G.dev_curves([run("task:antonym:global/all", 1e-3, 0, [0], [1.0], 0)])
