@@ -38,13 +38,13 @@ grid) and ``gap_ranges`` (a rule on the E − base gap with a bootstrap CI over 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from nrnlib import store
 from nrnlib.finetune import finetune
@@ -53,6 +53,7 @@ from nrnlib.model_state import model_fingerprint, restored_after
 from nrnlib.profiles import Profile
 from nrnlib.representations import last_token_states, layer_cka
 from nrnlib.tasks import get_task
+from nrnlib.workers import run_jobs
 
 METHODS = ("full", "lora")
 # the code whose change invalidates cached states (nrnlib.store.code_digest)
@@ -123,6 +124,7 @@ def mossa_states(
     model, profile: Profile, tasks: Sequence[str], train_tasks: Sequence[str], lr: float = 1e-4, seed: int = 0,
     method: str = "full", lora: LoraSettings | None = None, ceiling: bool | Sequence[str] = False,
     cross: bool | Sequence[str] = False, n_train: int | None = None, n_read: int | None = None,
+    workers: int | None = None,
 ) -> dict[str, dict]:
     """States ``[layers+1, n, d_model]`` per model kind and task; each trained model's states are one
     cache entry (key: model fingerprint, method and its settings, seed, the exact train and read
@@ -135,7 +137,8 @@ def mossa_states(
     cross-task reads among those tasks only (each of their controls reads the others' prompts), to
     fit a CPU budget. ``method``: ``"full"`` (``lr``, ``profile.finetune_steps``) or ``"lora"``
     (``lora``, default ``LoraSettings()``: Paper B's). ``n_train`` / ``n_read``: training examples per
-    task and test prompts read (default the profile's ``n_train`` and ``n_eval``).
+    task and test prompts read (default the profile's ``n_train`` and ``n_eval``). The models are
+    trained by ``workers`` processes (``workers.run_jobs``; default ``$NRN_WORKERS``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -164,24 +167,28 @@ def mossa_states(
 
     out: dict[str, dict] = {"base": base_states(model, profile, tasks, n_read, fp), "control": {}, "losses": {},
                             "train_tasks": list(train_tasks)}
-    e = states("E", train_tasks, tasks, profile.finetune_steps * len(train_tasks), seed)
-    out["losses"]["E"] = e.pop(LOSSES)
-    out["E"] = e
+    # every trained model is an independent cached job, shared over ``workers`` processes (E first: the longest)
+    models = [("E", None), *((f"control:{t}", t) for t in tasks), *((f"ceiling:{t}", t) for t in ceiling_tasks)]
+    jobs = [partial(states, "E", train_tasks, tasks, profile.finetune_steps * len(train_tasks), seed)]
+    jobs += [partial(states, "control", [t], cross_tasks if t in cross_tasks else [t], profile.finetune_steps, seed)
+             for t in tasks]
+    jobs += [partial(states, "control", [t], [t], profile.finetune_steps, seed + 1) for t in ceiling_tasks]
+    read = run_jobs(jobs, workers=workers, desc="models (E, controls, ceilings)", device=model.cfg.device)
     if cross_tasks:
         out["cross"] = {}
     if ceiling_tasks:
         out["ceiling"] = {}
-    for t in tqdm(list(tasks), desc="controls"):
-        read = cross_tasks if t in cross_tasks else [t]
-        c = states("control", [t], read, profile.finetune_steps, seed)
-        out["losses"][f"control:{t}"] = c.pop(LOSSES)
-        out["control"][t] = c[t]
-        if t in cross_tasks:
-            out["cross"][t] = {u: s for u, s in c.items() if u != t}
-        if t in ceiling_tasks:
-            c2 = states("control", [t], [t], profile.finetune_steps, seed + 1)
-            out["losses"][f"ceiling:{t}"] = c2.pop(LOSSES)
-            out["ceiling"][t] = c2[t]
+    for (name, t), got in zip(models, read, strict=True):
+        got = dict(got)
+        out["losses"][name] = got.pop(LOSSES)
+        if t is None:
+            out["E"] = got
+        elif name.startswith("ceiling:"):
+            out["ceiling"][t] = got[t]
+        else:
+            out["control"][t] = got[t]
+            if t in cross_tasks:
+                out["cross"][t] = {u: v for u, v in got.items() if u != t}
     return out
 
 
@@ -342,11 +349,18 @@ def loss_table(losses: Mapping[str, Float[Tensor, " steps"]]) -> pd.DataFrame:
                          for name, curve in losses.items() for i, v in enumerate(curve.tolist())])
 
 
+STILL_FALLING_NATS = 0.1  # a fall over the last half of training larger than this, and significant, is not a plateau
+
+
 def loss_summary(losses: Mapping[str, Float[Tensor, " steps"]]) -> pd.DataFrame:
     """Per model: steps; loss_first / loss_last, the mean loss over the first and the last fifth of the
     steps (at least one step each); fall = loss_first − loss_last; last_half_change, the least-squares
     slope of the loss over the last half of the steps times their number (how much the loss still
-    moved at the end: near 0 once it has flattened; NaN with fewer than 4 steps)."""
+    moved at the end: near 0 once it has flattened; NaN with fewer than 4 steps), with its 95% CI
+    (t on the slope's standard error); ``still_falling`` (the rule fixed before the runs): the change
+    is below −``STILL_FALLING_NATS`` and its CI lies below 0."""
+    from scipy import stats
+
     rows = []
     for name, curve in losses.items():
         y = np.asarray(curve.tolist(), dtype=float)
@@ -354,8 +368,13 @@ def loss_summary(losses: Mapping[str, Float[Tensor, " steps"]]) -> pd.DataFrame:
             raise ValueError(f"loss curve {name!r} is empty")
         k = max(1, y.size // 5)
         tail = y[y.size // 2:]
-        change = float(np.polyfit(np.arange(tail.size), tail, 1)[0] * tail.size) if y.size >= 4 else float("nan")
+        change = low = high = float("nan")
+        if y.size >= 4:
+            fit = stats.linregress(np.arange(tail.size), tail)
+            half = stats.t.ppf(0.975, tail.size - 2) * fit.stderr if tail.size > 2 else float("inf")
+            change, low, high = (float(v * tail.size) for v in (fit.slope, fit.slope - half, fit.slope + half))
         rows.append({"model": name, "steps": int(y.size), "loss_first": float(y[:k].mean()),
                      "loss_last": float(y[-k:].mean()), "fall": float(y[:k].mean() - y[-k:].mean()),
-                     "last_half_change": change})
+                     "last_half_change": change, "change_ci_low": low, "change_ci_high": high,
+                     "still_falling": bool(change < -STILL_FALLING_NATS and high < 0)})
     return pd.DataFrame(rows)

@@ -338,6 +338,29 @@ def test_loss_summary_by_hand():
     assert table.to_dict(orient="list") == {"model": ["E", "E"], "step": [1, 2], "loss": [2.0, 1.0]}
     ramp = E.loss_summary({"r": torch.arange(8.0)}).iloc[0]
     assert ramp.last_half_change == pytest.approx(4.0)  # slope 1 per step over the last 4 steps
+    assert not ramp.still_falling  # rising, not falling
+
+
+def test_still_falling_rule_by_hand():
+    """The last half's change (slope x steps) with a t CI from the slope's standard error, computed here
+    with numpy; a noisy but steady fall of 2.5 nats is still falling, a noisy flat tail is not."""
+    from scipy import stats
+
+    noise = np.array([0.3, -0.3] * 10)
+    falling = 10 - 0.25 * np.arange(20) + noise
+    flat = 2 + noise
+    summary = E.loss_summary({"falling": torch.tensor(falling), "flat": torch.tensor(flat)}).set_index("model")
+    tail = falling[10:]
+    x = np.arange(10.0)
+    slope, intercept = np.polyfit(x, tail, 1)
+    se = np.sqrt(((tail - (slope * x + intercept)) ** 2).sum() / 8 / ((x - x.mean()) ** 2).sum())
+    half = stats.t.ppf(0.975, 8) * se
+    row = summary.loc["falling"]
+    assert row.last_half_change == pytest.approx(slope * 10)
+    assert (row.change_ci_low, row.change_ci_high) == pytest.approx(((slope - half) * 10, (slope + half) * 10))
+    assert row.change_ci_high < 0 and row.still_falling
+    flat_row = summary.loc["flat"]
+    assert not flat_row.still_falling and flat_row.change_ci_low < 0 < flat_row.change_ci_high
 
 
 def _tiny_protocol(**overrides):

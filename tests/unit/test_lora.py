@@ -341,3 +341,37 @@ def test_mossa_states_with_lora_references_and_cache(llama, tmp_path, monkeypatc
         LBL.mossa_states(llama, profile, tasks, train, method="lora", lora=replace(lora, lr=2e-2))
     with pytest.raises(ValueError, match="method"):
         LBL.mossa_states(llama, profile, tasks, train, method="adapter")
+
+
+def test_mossa_states_with_two_workers_equals_one_process(llama, tmp_path, monkeypatch):
+    """The models trained by two forked processes give the same states and loss curves as one process
+    (each its own fresh cache), and the second process trained some of them."""
+    import json
+    import os
+    from dataclasses import replace
+
+    import nrnlib.experiments.layer_by_layer as LBL
+    from nrnlib.profiles import get_profile
+
+    profile = replace(get_profile("smoke"), n_eval=4, n_train=4, batch_size=4)
+    lora = LoraSettings(lr=1e-2, epochs=2, batch_size=2)
+    tasks, train = ["word_polarity", "antonym", "hypernym"], ["word_polarity", "antonym"]
+    got = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("NRN_CACHE", str(tmp_path / f"cache{workers}"))
+        got[workers] = LBL.mossa_states(llama, profile, tasks, train, method="lora", lora=lora, ceiling=["antonym"],
+                                        cross=["word_polarity", "antonym"], workers=workers)
+    for kind in ("base", "E", "control", "ceiling"):
+        assert got[1][kind].keys() == got[2][kind].keys()
+        for t in got[1][kind]:
+            assert torch.equal(got[1][kind][t], got[2][kind][t]), (kind, t)
+    assert torch.equal(got[1]["cross"]["antonym"]["word_polarity"], got[2]["cross"]["antonym"]["word_polarity"])
+    assert all(torch.equal(got[1]["losses"][k], got[2]["losses"][k]) for k in got[1]["losses"])
+    entries = (tmp_path / "cache2" / "mossa_states").glob("*.safetensors")
+    from safetensors import safe_open
+
+    pids = set()
+    for path in entries:
+        with safe_open(str(path), framework="pt") as f:
+            pids.add(json.loads(f.metadata()["provenance"])["pid"])
+    assert os.getpid() in pids and len(pids) == 2
