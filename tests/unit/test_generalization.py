@@ -125,8 +125,8 @@ def test_proportion_sweep_with_two_workers_equals_one_process(tiny_model, parity
     for workers in (1, 2):
         monkeypatch.setenv("NRN_CACHE", str(tmp_path / f"cache{workers}"))
         sweeps[workers] = G.proportion_sweep(tiny_model, scores, protocol, {"classification": ["parity"]},
-                                             ["parity", "echo"], proportions=(0.1, 0.5, 1.0), seeds=(0, 1),
-                                             individual_proportions=(0.1, 0.5), n_test=4, reference_p=0.1,
+                                             ["parity", "echo"], proportions=(0.1, 1.0), seeds=(0, 1),
+                                             individual_proportions=(0.1,), n_test=4, reference_p=0.1,
                                              progress=False, workers=workers)
     one, two = sweeps[1], sweeps[2]
     assert one.lr == two.lr
