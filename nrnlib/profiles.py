@@ -142,7 +142,7 @@ class Profile:
 _SMOKE_MINUTES = {"00": 1.5, "01": 1.8, "02": 2.0, "03": 2.0, "04": 2.0, "05": 1.5, "06": 1.5, "07": 1.5}
 # measured end to end (06 at 138 min from clean commit 80e605f), except 04: its first three joint runs took 6-17 min
 # each on one thread (48 runs: about 400 thread-minutes, 200 on 2 cores; stage_cost.py had estimated 125)
-_STANDARD_MINUTES = {"00": 57, "01": 29, "02": 67, "03": 96, "04": 200, "05": 118, "06": 138, "07": 72}
+_STANDARD_MINUTES = {"00": 57, "01": 29, "02": 67, "03": 96, "04": 200, "05": 118, "06": 138, "07": 75}
 
 PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
@@ -184,8 +184,9 @@ PROFILES = {
                         dev_size=32, eval_every=10, patience=2, max_steps=200,
                         lr_grids={"neurons": (1e-3, 3e-3), "all": (3e-5,), "lora": (1e-4, 3e-4, 1e-3)},
                         # 07: LoRA lr fixed at 1e-3 (pilot: lower loss after 15 steps than 3e-4 or 1e-4); 80 examples
-                        # per task, 60 prompts read (n_eval): about 2 h on one CPU thread (notebook 07's budget table)
-                        n_lbl_train=80, lbl_lora_lr=1e-3,
+                        # per task, 6 epochs (at 3, the controls' losses were still falling), 60 prompts read
+                        # (n_eval); the models shared over NRN_WORKERS processes (notebook 07's budget)
+                        n_lbl_train=80, lbl_lora_lr=1e-3, lbl_lora_epochs=6.0,
                         lbl_ceiling=("word_polarity", "reverse_dictionary", "antonym", "hypernym"),
                         lbl_cross=("word_polarity", "reverse_dictionary", "trivia_qa", "antonym", "hypernym")),
     "full": Profile("full", n_eval=500, n_attribution=256, n_train=1000, finetune_steps=300,
