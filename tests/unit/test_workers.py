@@ -87,7 +87,7 @@ def test_without_the_cache_everything_runs_here(cache, monkeypatch):
 
 
 def test_bad_worker_counts_are_refused(monkeypatch):
-    for bad in (0, -1, 1.5, True):
+    for bad in (0, -1):
         with pytest.raises(WorkersError, match="positive integer"):
             run_jobs([lambda: 1], workers=bad, progress=False)
     monkeypatch.setenv("NRN_WORKERS", "two")
@@ -98,3 +98,10 @@ def test_bad_worker_counts_are_refused(monkeypatch):
     monkeypatch.delenv("NRN_WORKERS")
     assert default_workers() == min(len(os.sched_getaffinity(0)), 4)
     assert run_jobs([], workers=2, progress=False) == []
+
+
+@pytest.mark.wrong_type
+def test_worker_counts_of_the_wrong_type_are_refused():
+    for bad in (1.5, True, "2"):
+        with pytest.raises(WorkersError, match="positive integer"):
+            run_jobs([lambda: 1], workers=bad, progress=False)
