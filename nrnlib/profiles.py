@@ -136,9 +136,9 @@ class Profile:
 # 67 min (4,002 s from a clean clone at f7e936f, attribution included); 01 with the ablation check and
 # the null model measured at 29 min (1,741 s at a0b7447, with 02's attribution in the cache); 03 on the
 # protocol estimated at about 140 min on 2 cores (4 tasks x 9 runs to convergence, from the per-step costs of
-# benchmarks/results/protocol_convergence_cpu.json); 07 on LoRA measured end to end at 72 min (4,301 s on
-# one thread, from clean commit 342dfc3; its budget table had estimated 120); 05 at 118 min (7,107 s on one
-# thread, from clean commit 342dfc3).
+# benchmarks/results/protocol_convergence_cpu.json); 07 on LoRA at 6 epochs measured end to end at 70 min
+# (4,224 s on 2 cores, its models shared over two single-threaded processes, from clean commit 7afbb12; at 3
+# epochs it took 72 min on one thread); 05 at 118 min (7,107 s on one thread, from clean commit 342dfc3).
 _SMOKE_MINUTES = {"00": 1.5, "01": 1.8, "02": 2.0, "03": 2.0, "04": 2.0, "05": 1.5, "06": 1.5, "07": 1.5}
 # measured end to end (06 at 138 min from clean commit 80e605f), except 04: its first three joint runs took 6-17 min
 # each on one thread (48 runs: about 400 thread-minutes, 200 on 2 cores; stage_cost.py had estimated 125)

@@ -13,15 +13,12 @@ TINY_MODEL_NAMES = ("tiny-random-llama", "tiny-random-gpt2")
 @pytest.fixture(scope="module", params=TINY_MODEL_NAMES)
 def tiny_model(request):
     from nrnlib.models import load_model
+    from nrnlib.workers import one_thread
 
     # Tiny matrices: one intra-op thread is faster, and immune to oversubscribed CPU cores (with 2
     # threads on 2 busy cores, a 64-wide matmul was measured 25x slower). Restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield load_model(request.param, device="cpu", dtype=torch.float32)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -40,12 +40,10 @@ def _load(name, dtype=torch.float32):
 
 @pytest.fixture(scope="module")
 def llama():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from nrnlib.workers import one_thread
+
+    with one_thread():
         yield _load("tiny-random-llama")
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture

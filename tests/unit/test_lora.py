@@ -24,13 +24,10 @@ IDS = torch.tensor([[5, 17, 99, 3, 8, 250]])
 @pytest.fixture(scope="module")
 def llama():
     from nrnlib.models import load_model
+    from nrnlib.workers import one_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield load_model("tiny-random-llama", device="cpu", dtype=torch.float32)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _snapshot(model) -> list[torch.Tensor]:
