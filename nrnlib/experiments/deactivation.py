@@ -12,17 +12,22 @@ every position, ``"answer"``: only the positions that predict answer tokens} x r
 The cell closest to the paper's text (``PAPER_CELL``) is global / all / total: "neurons with top k%
 relevance", ω zeroed everywhere, "the same number of randomly selected neurons". Every condition
 keeps its per-example values so verdicts carry bootstrap CIs over test examples and random draws.
+
+Each table first lists its conditions, then scores them all through ``score_conditions``: every
+distinct condition once, shared over ``NRN_WORKERS`` single-threaded processes (``workers.run_jobs``),
+so a table's rows do not depend on how many processes computed them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 from jaxtyping import Float
-from tqdm.auto import tqdm
 
 from nrnlib.claims import bootstrap_ci
 from nrnlib.experiments.conditions import LOGPROB_METRIC, TEACHER_FORCED_METRIC, score_condition
@@ -31,6 +36,7 @@ from nrnlib.model_state import model_fingerprint
 from nrnlib.neurons import RANDOM_MATCHES, NeuronSet
 from nrnlib.profiles import Profile
 from nrnlib.tasks import get_task
+from nrnlib.workers import run_jobs
 
 POSITIONS = {"all": "signed_sum", "answer": "answer_positions"}  # attribution positions -> aggregation
 SCOPES = ("global", "layer")
@@ -79,35 +85,74 @@ def grid_sets(
     return {c.name: neuron_sets(scores[c.positions], k, "plain", scope=c.scope, model=model) for c in cells}
 
 
+class Condition(NamedTuple):
+    """One condition of ``conditions.score_condition``: ``task`` scored with ``neurons`` off (``None``:
+    the intact model) in ``mode``, with or without the neurons' inputs."""
+
+    task: Any  # nrnlib.tasks.Task
+    neurons: NeuronSet | None = None
+    mode: str = "activation"
+    include_inputs: bool = False
+
+    def key(self) -> tuple:
+        """What identifies the condition's cache entry for one model and ``n``."""
+        mask = None if self.neurons is None else (self.neurons.digest(), tuple(self.neurons.shape))
+        return self.task.name, mask, self.mode, self.include_inputs
+
+
+def score_conditions(model, conditions: Sequence[Condition], n: int, *, batch_size: int = 16,
+                     workers: int | None = None, desc: str | None = None, progress: bool = True) -> list[dict]:
+    """``[score_condition(model, *c, n) for c in conditions]``, each distinct condition scored once,
+    shared over ``workers`` processes (``workers.run_jobs``; default ``$NRN_WORKERS``)."""
+    fp = model_fingerprint(model)
+    distinct: dict[tuple, Condition] = {}
+    for c in conditions:
+        distinct.setdefault(c.key(), c)
+    jobs = [partial(score_condition, model, c.task, c.neurons, n, c.mode, c.include_inputs, batch_size, fp)
+            for c in distinct.values()]
+    scored = dict(zip(distinct, run_jobs(jobs, workers=workers, desc=desc, progress=progress,
+                                         device=model.cfg.device), strict=True))
+    return [scored[c.key()] for c in conditions]
+
+
+def _scored_rows(model, plan: Sequence[tuple[Condition, dict]], n: int, *, batch_size: int, workers: int | None,
+                 desc: str) -> list[dict]:
+    """``_row`` for every ``(condition, fields)`` of ``plan``, its drop against the intact model on the
+    same task; the intact models and the conditions scored together (``score_conditions``)."""
+    tasks = {c.task.name: c.task for c, _ in plan}
+    conditions = [Condition(task) for task in tasks.values()] + [c for c, _ in plan]
+    scores = score_conditions(model, conditions, n, batch_size=batch_size, workers=workers, desc=desc)
+    base = dict(zip(tasks, scores, strict=False))
+    return [_row(c.task, metrics=m, base=base[c.task.name], **fields)
+            for (c, fields), m in zip(plan, scores[len(tasks):], strict=True)]
+
+
 def table1_grid(
     model, sets_by_cell: Mapping[str, Mapping[str, NeuronSet]], n: int, random_seeds: Sequence[int] = (0, 1, 2),
-    controls: Sequence[str] = RANDOM_MATCHES, batch_size: int = 16, k: float = 0.10,
+    controls: Sequence[str] = RANDOM_MATCHES, batch_size: int = 16, k: float = 0.10, workers: int | None = None,
 ) -> pd.DataFrame:
     """Table 1 over the grid: per task, the intact model (``condition="none"``), and per cell its own
     set (``"task"``) and for each control and seed the set's ``random_like(seed, match=control)``
-    (``"random"``), all in activation mode, each row with its ``per_example`` values. Runs task by
-    task (each condition cached), so an interrupted run resumes at the next condition."""
-    fp = model_fingerprint(model)
+    (``"random"``), all in activation mode, each row with its ``per_example`` values. Every condition
+    is cached, so an interrupted run resumes where it stopped."""
     for control in controls:
         if control not in RANDOM_MATCHES:
             raise ValueError(f"controls must be among {RANDOM_MATCHES}, got {control!r}")
     tasks = list(dict.fromkeys(t for sets in sets_by_cell.values() for t in sets))
-    rows = []
-    for name in tqdm(tasks, desc="Table 1 grid"):
+    plan = []
+    for name in tasks:
         task = get_task(name)
-        base = score_condition(model, task, None, n, batch_size=batch_size, fingerprint=fp)
-        rows.append(_row(task, "none", "-", "-", 0.0, base, base, cell="-", control="-", seed=None))
+        plan.append((Condition(task), dict(condition="none", whose="-", selection="-", k=0.0, cell="-", control="-",
+                                           seed=None)))
         for cell, by_task in sets_by_cell.items():
             own = by_task[name]
-            m = score_condition(model, task, own, n, batch_size=batch_size, fingerprint=fp)
-            rows.append(_row(task, "task", name, "plain", k, m, base, cell=cell, control="-", seed=None))
-            for control in controls:
-                for seed in random_seeds:
-                    m = score_condition(model, task, own.random_like(seed, match=control), n, batch_size=batch_size,
-                                        fingerprint=fp)
-                    rows.append(_row(task, "random", f"random({name})", "plain", k, m, base, cell=cell,
-                                     control=control, seed=seed))
-    return pd.DataFrame(rows)
+            plan.append((Condition(task, own), dict(condition="task", whose=name, selection="plain", k=k, cell=cell,
+                                                    control="-", seed=None)))
+            plan += [(Condition(task, own.random_like(seed, match=control)),
+                      dict(condition="random", whose=f"random({name})", selection="plain", k=k, cell=cell,
+                           control=control, seed=seed))
+                     for control in controls for seed in random_seeds]
+    return pd.DataFrame(_scored_rows(model, plan, n, batch_size=batch_size, workers=workers, desc="Table 1 grid"))
 
 
 def drops_per_example(table: pd.DataFrame, task: str, cell: str, control: str, metric: str = "logprob"
@@ -144,56 +189,52 @@ def drop_summary(table: pd.DataFrame, metric: str = "logprob") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def mode_agreement(model, sets: Mapping[str, NeuronSet], n: int, batch_size: int = 16) -> pd.DataFrame:
+def mode_agreement(model, sets: Mapping[str, NeuronSet], n: int, batch_size: int = 16,
+                   workers: int | None = None) -> pd.DataFrame:
     """Per task: the log-prob with its own set off by activation zeroing, by parameter zeroing (row j of
     the down projection) and with the inputs too (columns j of gate and up), and the largest gap;
     for a gated SiLU MLP all three are the same function (SiLU(0)·0 = 0)."""
-    fp = model_fingerprint(model)
-    rows = []
-    for name, own in sets.items():
-        task = get_task(name)
-        lp = {f"{mode}{'+inputs' if inputs else ''}": score_condition(
-            model, task, own, n, mode, inputs, batch_size, fp)[LOGPROB_METRIC[task.category]]
-            for mode, inputs in (("activation", False), ("parameter", False), ("parameter", True))}
-        rows.append({"task": name, **lp, "max_gap": max(abs(v - lp["activation"]) for v in lp.values())})
-    return pd.DataFrame(rows)
+    modes = {"activation": ("activation", False), "parameter": ("parameter", False),
+             "parameter+inputs": ("parameter", True)}
+    plan = [(name, label, Condition(get_task(name), own, mode, inputs))
+            for name, own in sets.items() for label, (mode, inputs) in modes.items()]
+    scores = score_conditions(model, [c for *_, c in plan], n, batch_size=batch_size, workers=workers,
+                              desc="deactivation modes")
+    lp: dict[str, dict[str, float]] = {}
+    for (name, label, c), m in zip(plan, scores, strict=True):
+        lp.setdefault(name, {})[label] = m[LOGPROB_METRIC[c.task.category]]
+    return pd.DataFrame([{"task": name, **v, "max_gap": max(abs(x - v["activation"]) for x in v.values())}
+                         for name, v in lp.items()])
 
 
 def specificity_matrix(
-    model, sets: Mapping[str, NeuronSet], n: int, selection: str = "", batch_size: int = 16
+    model, sets: Mapping[str, NeuronSet], n: int, selection: str = "", batch_size: int = 16,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Rows = whose neurons are deactivated, columns = which task is scored: long table with the
     log-prob drop of every pair (activation mode); the diagonal is each task's own set."""
-    fp = model_fingerprint(model)
-    rows = []
-    for name in tqdm(list(sets), desc=f"specificity matrix ({selection})"):
-        task = get_task(name)
-        base = score_condition(model, task, None, n, batch_size=batch_size, fingerprint=fp)
-        for whose, neurons in sets.items():
-            m = score_condition(model, task, neurons, n, batch_size=batch_size, fingerprint=fp)
-            rows.append(_row(task, "task" if whose == name else "other", whose, selection, float("nan"), m, base))
-    return pd.DataFrame(rows)
+    plan = [(Condition(get_task(name), neurons), dict(condition="task" if whose == name else "other", whose=whose,
+                                                      selection=selection, k=float("nan")))
+            for name in sets for whose, neurons in sets.items()]
+    return pd.DataFrame(_scored_rows(model, plan, n, batch_size=batch_size, workers=workers,
+                                     desc=f"specificity matrix ({selection})"))
 
 
 def k_curve_table(
     model, sets_by_k: Mapping[float, Mapping[str, Mapping[str, NeuronSet]]], n: int, random_seed: int = 0,
-    batch_size: int = 16, control: str = "layer",
+    batch_size: int = 16, control: str = "layer", workers: int | None = None,
 ) -> pd.DataFrame:
     """Drops as a function of k: ``sets_by_k[k][selection][task]``; own set and one random set
     (``random_like(random_seed, match=control)``) per (k, selection, task), activation mode."""
-    fp = model_fingerprint(model)
-    rows = []
-    for k, sets in tqdm(sorted(sets_by_k.items()), desc="k curve"):
+    plan = []
+    for k, sets in sorted(sets_by_k.items()):
         for selection, by_task in sets.items():
             for name, own in by_task.items():
                 task = get_task(name)
-                base = score_condition(model, task, None, n, batch_size=batch_size, fingerprint=fp)
-                m = score_condition(model, task, own, n, batch_size=batch_size, fingerprint=fp)
-                rows.append(_row(task, "task", name, selection, k, m, base))
-                r = score_condition(model, task, own.random_like(random_seed, match=control), n, batch_size=batch_size,
-                                    fingerprint=fp)
-                rows.append(_row(task, "random", f"random({name})", selection, k, r, base))
-    return pd.DataFrame(rows)
+                plan.append((Condition(task, own), dict(condition="task", whose=name, selection=selection, k=k)))
+                plan.append((Condition(task, own.random_like(random_seed, match=control)),
+                             dict(condition="random", whose=f"random({name})", selection=selection, k=k)))
+    return pd.DataFrame(_scored_rows(model, plan, n, batch_size=batch_size, workers=workers, desc="k curve"))
 
 
 def diagonal_dominance(drops: pd.DataFrame) -> pd.DataFrame:

@@ -170,6 +170,47 @@ def test_table1_grid_rows_are_the_named_sets(tiny_model, tmp_path, monkeypatch):
         E.table1_grid(tiny_model, sets, n=4, controls=("uniform",))
 
 
+def test_deactivation_tables_with_two_workers_equal_one_process(tiny_model, tmp_path, monkeypatch):
+    """Table 1, the specificity matrix, the k curve and the mode check give the same rows when their
+    conditions are shared over two forked processes as in one (each a fresh cache); both processes
+    scored some conditions, and a condition listed twice (the intact model) is scored once."""
+    import json
+    import os
+
+    L, D = tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp
+    sets = {"word_polarity": NeuronSet.from_indices(L, D, {0: range(0, D, 3)}, name="word_polarity"),
+            "antonym": NeuronSet.from_indices(L, D, {L - 1: range(1, D, 4)}, name="antonym")}
+    tables = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("NRN_CACHE", str(tmp_path / f"cache{workers}"))
+        tables[workers] = {
+            "grid": E.table1_grid(tiny_model, {"global/all": sets}, n=4, random_seeds=(0, 1), batch_size=4,
+                                  workers=workers),
+            "matrix": E.specificity_matrix(tiny_model, sets, n=4, selection="plain", batch_size=4, workers=workers),
+            "curve": E.k_curve_table(tiny_model, {0.1: {"plain": sets}}, n=4, batch_size=4, workers=workers),
+            "modes": E.mode_agreement(tiny_model, sets, n=4, batch_size=4, workers=workers)}
+    for name in tables[1]:
+        pd.testing.assert_frame_equal(tables[1][name].drop(columns="per_example", errors="ignore"),
+                                      tables[2][name].drop(columns="per_example", errors="ignore"))
+        if "per_example" in tables[1][name]:
+            assert tables[1][name].per_example.tolist() == tables[2][name].per_example.tolist()
+    entries = [json.loads(p.read_text()) for p in (tmp_path / "cache2" / "deactivation").glob("*.json")]
+    pids = {e["provenance"]["pid"] for e in entries}
+    assert len(pids) >= 2 and os.getpid() in pids
+    assert len(tables[1]["grid"]) == 2 * (1 + 1 + 2 * 2)
+
+    from nrnlib.experiments import deactivation as D
+    from nrnlib.tasks import get_task
+
+    calls = []
+    real = D.score_condition
+    monkeypatch.setattr(D, "score_condition", lambda *args: calls.append(args[1:4]) or real(*args))
+    task = get_task("word_polarity")
+    again = D.score_conditions(tiny_model, [D.Condition(task), D.Condition(task, sets["antonym"]), D.Condition(task)],
+                               n=4, batch_size=4, workers=1, progress=False)
+    assert len(calls) == 2 and again[0] == again[2] and again[0] != again[1]
+
+
 def test_diagonal_dominance():
     drops = pd.DataFrame([[2.0, 0.1], [0.5, 0.05]], index=["a", "b"], columns=["a", "b"])
     dom = E.diagonal_dominance(drops).set_index("task")
