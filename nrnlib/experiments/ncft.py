@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from nrnlib import store
-from nrnlib.experiments.neuron_finetuning import MEASURE_CODE, TestMeasure, measure_untrained
+from nrnlib.experiments.measures import MEASURE_CODE, TestMeasure, measure_untrained
 from nrnlib.lora import LoraSettings, lora_training
 from nrnlib.model_state import model_fingerprint, restored_after
 from nrnlib.neurons import NeuronSet

@@ -32,7 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from nrnlib.experiments.generalization import proportion_sets
-from nrnlib.experiments.neuron_finetuning import DECODED_METRIC, MEASURE_CODE, TestMeasure, measure_untrained
+from nrnlib.experiments.measures import DECODED_METRIC, MEASURE_CODE, TestMeasure, measure_untrained
 from nrnlib.model_state import model_fingerprint
 from nrnlib.neurons import NeuronSet
 from nrnlib.protocol import Arm, Protocol, choose_lr, run_arm
