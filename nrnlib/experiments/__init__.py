@@ -80,7 +80,13 @@ from nrnlib.experiments.layer_verdicts import (
 )
 from nrnlib.experiments.measures import TasksMeasure, TestMeasure, measure_untrained
 from nrnlib.experiments.ncft import METHODS as NCFT_METHODS
-from nrnlib.experiments.ncft import joint_reference, run_sequence, select_learning_rates, stage_neurons
+from nrnlib.experiments.ncft import (
+    joint_reference,
+    run_sequence,
+    run_sequences,
+    select_learning_rates,
+    stage_neurons,
+)
 from nrnlib.experiments.ncft_results import (
     joint_performance,
     metrics_table,
@@ -181,6 +187,7 @@ __all__ = [
     "curve_cis",
     "layer_correlations",
     "run_sequence",
+    "run_sequences",
     "sequence_metrics",
     "similarity_by_layer",
     "similarity_claims",
