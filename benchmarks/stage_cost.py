@@ -28,8 +28,8 @@ import torch
 from bench_common import machine_info
 
 from nrnlib import encoding, experiments
+from nrnlib.experiments.measures import TestMeasure
 from nrnlib.experiments.ncft import DEFAULT_SETTINGS
-from nrnlib.experiments.neuron_finetuning import TestMeasure
 from nrnlib.finetune import training
 from nrnlib.lora import LoraSettings, lora_training
 from nrnlib.model_state import restored_after

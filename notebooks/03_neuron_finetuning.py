@@ -67,7 +67,7 @@ from nrnlib.model_state import restored_after
 from nrnlib.models import load_model
 from nrnlib.neurons import RANDOM_MATCHES
 from nrnlib.profiles import get_profile
-from nrnlib.protocol import Protocol, loss_curves_figure
+from nrnlib.protocol import Protocol
 from nrnlib.store import save_results
 from nrnlib.tasks import get_task
 
@@ -170,13 +170,13 @@ for task, chosen in result.lr.items():
 
 # %% [markdown]
 # ## 4. Did training converge?
-# What to look at: each run's dev loss (markers) should flatten or turn up before the run stops; the
-# starred point is the weights kept. A run stopped by the step cap (`stopped == "max_steps"`) may still
-# have been improving.
+# What to look at: each run's dev loss (a panel per task, a colour per arm, a dash per seed) should
+# flatten or turn up before the run stops; the run keeps the weights of its lowest point. A run stopped
+# by the step cap (`stopped == "max_steps"`) may still have been improving.
 
 # %%
 final_runs = [r for r in result.runs if r["lr"] == result.lr[r["arm"].split(":")[1]][r["arm_type"]]["lr"]]
-fig = loss_curves_figure(final_runs, title=f"Train and dev loss of every final run ({profile.name})")
+fig = plots.loss_curves_figure(final_runs, title=f"Dev loss of every final run ({profile.name})")
 plots.save_figure(fig, "03_loss_curves", width=1200, height=650, profile=profile.name)
 fig
 

@@ -163,14 +163,16 @@ for arm_type, choice in lr_choice.items():
 
 # %% [markdown]
 # ## 4. The sequences
-# Each (method, order, seed) is one sequence; each stage is cached, and an interrupted sequence resumes
-# at its next stage from a checkpoint. The joint reference trains all tasks at once, once per seed.
+# Each (method, order, seed) is one sequence, shared out over `NRN_WORKERS` processes; each stage is
+# cached, and an interrupted sequence resumes at its next stage from a checkpoint. The joint reference
+# trains all tasks at once, once per seed.
 
 # %%
-sequences = [experiments.run_sequence(model, order, method, protocol, lr=lr[LR_TYPE.get(method, "neurons")],
-                                      seed=seed, selector=selector, select_settings=select_settings,
-                                      n_test=profile.n_ncft_eval, relevance=relevance)
-             for seed in profile.seeds for order in orders for method in methods]
+sequences = experiments.run_sequences(
+    model, [dict(order=order, method=method, lr=lr[LR_TYPE.get(method, "neurons")], seed=seed)
+            for seed in profile.seeds for order in orders for method in methods],
+    protocol=protocol, selector=selector, select_settings=select_settings, n_test=profile.n_ncft_eval,
+    relevance=relevance)
 joint = [experiments.joint_reference(model, orders[0], protocol, lr=lr["all"], seed=seed, n_test=profile.n_ncft_eval)
          for seed in profile.seeds]
 summary = experiments.metrics_table(sequences, joint=joint)

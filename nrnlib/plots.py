@@ -180,6 +180,20 @@ def lines_figure(table: pd.DataFrame, x: str, y: str, color: str, title: str, fa
     return fig
 
 
+def loss_curves_figure(runs: Sequence[Mapping], title: str, facet_col_wrap: int = 4) -> go.Figure:
+    """The dev loss of protocol runs (``protocol.curves_frame``) at every evaluation: a panel per task
+    (the arm name's second field), a colour per arm (its first field: task, random-total, all, ...)
+    and a dash per seed. A run keeps the weights of its lowest point."""
+    from nrnlib.protocol import curves_frame
+
+    frame = curves_frame(runs)
+    frame = frame[frame.split == "dev"]
+    parts = frame.arm.str.split(":")
+    frame = frame.assign(arm=parts.str[0], task=parts.str[1], seed=frame.seed.astype(str))
+    return lines_figure(frame, "step", "loss", "arm", title, facet_col="task", line_dash="seed",
+                        facet_col_wrap=facet_col_wrap, labels={"loss": "dev answer loss (nats)", "step": "step"})
+
+
 VERDICT_COLORS = {"holds": "#1a9850", "does not hold": "#d73027", "inconclusive": "#878787"}
 
 

@@ -401,7 +401,7 @@ def run_protocol(model, tasks, arms: Sequence[Arm], protocol: Protocol, seeds: S
 
 
 # --------------------------------------------------------------------------------------------------
-# curves as data and as a figure
+# curves as data (the figure: plots.loss_curves_figure)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -418,26 +418,3 @@ def curves_frame(runs: Sequence[Mapping[str, Any]]):
         rows += [{**base, "split": "dev", "step": s, "loss": v, "best": s == c["best_step"]}
                  for s, v in zip(c["dev_steps"], c["dev_loss"], strict=True)]
     return pd.DataFrame(rows, columns=["arm", "arm_type", "lr", "seed", "split", "step", "loss", "best"])
-
-
-def loss_curves_figure(runs: Sequence[Mapping[str, Any]], title: str = "Loss curves", smooth: int = 5):
-    """Plotly figure: per run, the train loss (running mean over ``smooth`` steps, thin line) and
-    the dev loss per evaluation (markers), the best evaluation starred; one colour per run."""
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-
-    frame = curves_frame(runs)
-    fig = go.Figure()
-    for i, ((arm, lr, seed), part) in enumerate(frame.groupby(["arm", "lr", "seed"], sort=False)):
-        colour, label = qualitative.Plotly[i % len(qualitative.Plotly)], f"{arm} lr={lr:g} seed={seed}"
-        train, dev = part[part.split == "train"], part[part.split == "dev"]
-        fig.add_trace(go.Scatter(x=train.step, y=train.loss.rolling(smooth, min_periods=1).mean(), mode="lines",
-                                 line=dict(color=colour, width=1), opacity=0.6, name=f"{label} train",
-                                 legendgroup=label))
-        fig.add_trace(go.Scatter(x=dev.step, y=dev.loss, mode="lines+markers", line=dict(color=colour, width=2),
-                                 name=f"{label} dev", legendgroup=label))
-        best = dev[dev.best]
-        fig.add_trace(go.Scatter(x=best.step, y=best.loss, mode="markers", showlegend=False, legendgroup=label,
-                                 marker=dict(symbol="star", size=12, color=colour)))
-    fig.update_layout(template="plotly_white", title=title, xaxis_title="step", yaxis_title="answer loss (nats)")
-    return fig

@@ -10,6 +10,7 @@ where it stopped and a rerun is instant.
 - ``neuron_finetuning``: notebook 03 (Paper A Table 2);
 - ``layer_by_layer``: notebook 07 (Paper B, CKA against single-task controls);
 - ``conditions``: one scored deactivation condition (notebook 02's cached unit of work);
+- ``measures``: the test measurement of every trained arm of notebooks 03-06 (its code keys their cache);
 - ``verdicts``: the claims of notebooks 00, 01 and 02 (kept out of the modules that key the cache);
 - ``layer_verdicts``: the claims of notebook 07 (likewise).
 """
@@ -49,7 +50,6 @@ from nrnlib.experiments.detection import (
 )
 from nrnlib.experiments.generalization import (
     Sweep,
-    TasksMeasure,
     curve_cis,
     curve_summary,
     dev_curves,
@@ -78,8 +78,15 @@ from nrnlib.experiments.layer_verdicts import (
     layer_claims,
     transition_claims,
 )
+from nrnlib.experiments.measures import TasksMeasure, TestMeasure, measure_untrained
 from nrnlib.experiments.ncft import METHODS as NCFT_METHODS
-from nrnlib.experiments.ncft import joint_reference, run_sequence, select_learning_rates, stage_neurons
+from nrnlib.experiments.ncft import (
+    joint_reference,
+    run_sequence,
+    run_sequences,
+    select_learning_rates,
+    stage_neurons,
+)
 from nrnlib.experiments.ncft_results import (
     joint_performance,
     metrics_table,
@@ -87,7 +94,7 @@ from nrnlib.experiments.ncft_results import (
     performance_matrix,
     sequence_metrics,
 )
-from nrnlib.experiments.neuron_finetuning import Table2, TestMeasure, arm_summary, paired_per_example, table2
+from nrnlib.experiments.neuron_finetuning import Table2, arm_summary, neuron_arms, paired_per_example, table2
 from nrnlib.experiments.parameter_similarity import (
     Figure3,
     SimilarityMeasure,
@@ -180,6 +187,7 @@ __all__ = [
     "curve_cis",
     "layer_correlations",
     "run_sequence",
+    "run_sequences",
     "sequence_metrics",
     "similarity_by_layer",
     "similarity_claims",
@@ -197,7 +205,10 @@ __all__ = [
     "proportion_sets",
     "proportion_sweep",
     "training_union",
+    "TasksMeasure",
     "TestMeasure",
+    "measure_untrained",
+    "neuron_arms",
     "arm_summary",
     "paired_per_example",
     "table2",

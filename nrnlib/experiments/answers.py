@@ -26,7 +26,7 @@ import torch
 from nrnlib import encoding
 from nrnlib.ablation import deactivate
 from nrnlib.evaluate import evaluate, select_examples
-from nrnlib.experiments.neuron_finetuning import Table2, _neuron_arms
+from nrnlib.experiments.neuron_finetuning import Table2, neuron_arms
 from nrnlib.neurons import NeuronSet
 from nrnlib.protocol import Arm, Protocol, run_arm
 from nrnlib.tasks import as_task
@@ -109,7 +109,7 @@ def table2_answers(model, sets_by_cell: Mapping[str, Mapping[str, NeuronSet]], t
     chosen = table.lr[task.name]
     named = {"task": "task neurons", "random": "random neurons"}
     arms = {named[kind]: (arm, chosen["neurons"]["lr"])
-            for kind, _, _, arm in _neuron_arms(task.name, {cell: sets_by_cell[cell]}, [control], seed)}
+            for kind, _, _, arm in neuron_arms(task.name, {cell: sets_by_cell[cell]}, [control], seed)}
     if "all" in chosen:
         arms["all parameters"] = (Arm(f"all:{task.name}", "all"), chosen["all"]["lr"])
     return answers_after_training(model, task, arms, protocol, seed=seed, n=n)

@@ -22,7 +22,6 @@ of the categories' joint runs (``protocol.choose_lr``); those runs are cached an
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,7 +31,7 @@ import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
-from nrnlib.experiments.neuron_finetuning import DECODED_METRIC, MEASURE_CODE, TestMeasure, measure_untrained
+from nrnlib.experiments.measures import DECODED_METRIC, MEASURE_CODE, TasksMeasure, TestMeasure, measure_untrained
 from nrnlib.model_state import model_fingerprint
 from nrnlib.neurons import NeuronSet
 from nrnlib.protocol import Arm, Protocol, choose_lr, run_arm
@@ -78,21 +77,6 @@ def overlap_table(scores: Mapping[str, Tensor], proportions: Sequence[float],
             rows += [{"category": category, "p": p, "test_task": y, "relation": relation(y, category, train),
                       "overlap": union.iou(sets[y]), "trained_fraction": union.fraction} for y in test_tasks]
     return pd.DataFrame(rows)
-
-
-@dataclass(frozen=True)
-class TasksMeasure:
-    """``measure(model)``: every test task scored by its ``TestMeasure``, ``{task: result}``."""
-
-    measures: tuple[TestMeasure, ...]
-
-    def settings(self) -> dict[str, Any]:
-        return {"measure": "tests", "tasks": {m.task.name: m.settings() for m in self.measures}}
-
-    def __call__(self, model) -> dict[str, Any]:
-        start = time.perf_counter()
-        out = {m.task.name: m(model) for m in self.measures}
-        return {"tasks": out, "wall_s": time.perf_counter() - start}
 
 
 @dataclass

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from nrnlib import store
-from nrnlib.experiments.neuron_finetuning import MEASURE_CODE, TestMeasure, measure_untrained
+from nrnlib.experiments.measures import MEASURE_CODE, TestMeasure, measure_untrained
 from nrnlib.lora import LoraSettings, lora_training
 from nrnlib.model_state import model_fingerprint, restored_after
 from nrnlib.neurons import NeuronSet
@@ -50,6 +50,7 @@ from nrnlib.protocol import PROTOCOL_CODE, Arm, Protocol, dev_split, run_arm, se
 from nrnlib.replay import memory_items, replay_training
 from nrnlib.tasks import get_task
 from nrnlib.weighted_update import neuron_weights, weighted_factory
+from nrnlib.workers import run_jobs
 
 METHODS = ("seqft", "ncft", "ncft_original", "random", "w_ncft", "w_ncft_graded", "replay", "lora")
 LR_TYPE = {"seqft": "all", "replay": "all", "lora": "lora"}  # the lr grid of each method; the rest: "neurons"
@@ -173,6 +174,16 @@ def run_sequence(
                           where)
     return {"method": method, "order": list(order), "seed": seed, "lr": lr, "untrained": untrained,
             "stages": records}
+
+
+def run_sequences(model, jobs: Sequence[Mapping[str, Any]], *, workers: int | None = None, progress: bool = True,
+                  **common: Any) -> list[dict[str, Any]]:
+    """``[run_sequence(model, **common, **job) for job in jobs]`` (each job names its ``order``,
+    ``method``, ``lr`` and ``seed``), the sequences shared out over ``workers`` processes
+    (``workers.run_jobs``; default ``$NRN_WORKERS``): every stage is cached, so this process reads back
+    the sequences a helper trained."""
+    return run_jobs([functools.partial(run_sequence, model, **common, **job) for job in jobs], workers=workers,
+                    desc="sequences", progress=progress, device=model.cfg.device)
 
 
 def _train_stages(model, tasks, method, protocol, lr, seed, selector, plan, measures, records, done, resume,

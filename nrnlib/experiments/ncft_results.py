@@ -14,7 +14,7 @@ import pandas as pd
 
 from nrnlib.claims import Claim, bootstrap_ci, make_claim
 from nrnlib.continual import average_performance, backward_transfer, continual_metrics
-from nrnlib.experiments.neuron_finetuning import DECODED_METRIC
+from nrnlib.experiments.measures import DECODED_METRIC
 from nrnlib.profiles import Profile
 from nrnlib.tasks import get_task
 

@@ -15,77 +15,31 @@ first seed, by the mean best dev loss of its task *and* random arms together (``
 so both arms of a comparison share one lr and neither is tuned for alone; "all" gets its own lr from
 the "all" grid. The runs of the chosen lr are the first seed's final runs (cached).
 
-Measured on the first ``n`` test examples of the task: the log-prob of the answer (classification:
-the gold label's log-prob; generation: the reference answer's summed log-prob), and a decoded metric
-(``DECODED_METRIC``: Batch-Calibrated accuracy for classification, ROUGE-L of the greedy answer for
-generation), each kept per example for paired bootstrap CIs (``verdicts.finetuning_claims``).
+Every arm is scored by ``measures.TestMeasure`` (the log-prob of the answer and a decoded metric,
+per example, for paired bootstrap CIs in ``verdicts.finetuning_claims``).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from nrnlib import store
-from nrnlib.evaluate import evaluate
+from nrnlib.experiments.measures import DECODED_METRIC, MEASURE_CODE, TestMeasure, measure_untrained
 from nrnlib.model_state import model_fingerprint
 from nrnlib.neurons import RANDOM_MATCHES, NeuronSet
 from nrnlib.protocol import Arm, Protocol, run_arm, select_lr
 from nrnlib.tasks import get_task
+from nrnlib.workers import run_jobs
 
 ARMS = ("none", "task", "random", "all")
-DECODED_METRIC = {"classification": "calibrated", "generation": "rougeL"}
-# per-example values kept by the measurement: {key in our tables: key in evaluate's TaskScore.per_example}
-PER_EXAMPLE = {"classification": {"logprob": "label_logprob", "accuracy": "correct",
-                                  "calibrated": "calibrated_correct"},
-               "generation": {"logprob": "answer_logprob", "rougeL": "rougeL", "exact_match": "exact_match"}}
-MEASURE_CODE = ("evaluate", "encoding", "losses", "experiments.neuron_finetuning")  # the measurement's code digest
-
-
-@dataclass(frozen=True)
-class TestMeasure:
-    """``measure(model)``: the task's first ``n`` test examples scored (teacher-forced log-probs, and
-    greedy decoding for generation), with the per-example values of ``PER_EXAMPLE``."""
-
-    task: Any  # nrnlib.tasks.Task
-    n: int
-    batch_size: int = 16
-
-    def examples(self) -> list[dict]:
-        return list(self.task.test[: self.n])
-
-    def settings(self) -> dict[str, Any]:
-        """What the measurement depends on (enters the arm's cache key): the exact test examples."""
-        return {"measure": "test", "n": self.n, "test": self.task.digest(self.examples()),
-                "decode": self.task.category == "generation"}
-
-    def __call__(self, model) -> dict[str, Any]:
-        start = time.perf_counter()
-        score = evaluate(model, self.task, n=self.n, batch_size=self.batch_size,
-                         decode=self.task.category == "generation", progress=False)
-        per_example = {key: [float(v) for v in score.per_example[name]]
-                       for key, name in PER_EXAMPLE[self.task.category].items()}
-        return {"metrics": dict(score.metrics), "per_example": per_example, "n": score.n,
-                "wall_s": time.perf_counter() - start}
-
-
-def measure_untrained(model, measure: TestMeasure, fingerprint: str | None = None) -> dict[str, Any]:
-    """The ``none`` arm: ``measure`` on the model as it is (cached)."""
-    return store.cached("table2_none", lambda: measure(model), settings=measure.settings(), code=MEASURE_CODE,
-                        model=model, fingerprint=fingerprint, tasks={measure.task.name: measure.task.digest(
-                            measure.examples())})
-
-
 @dataclass
 class Table2:
     """``rows``: one per (task, arm, cell, control, seed) with the lr, the curve's summary, the test
     metrics and ``per_example``; ``lr``: per task and arm type, the chosen lr and every lr's score;
-    ``runs``: the ``protocol.run_arm`` results (loss curves) in the order they ran."""
+    ``runs``: the ``protocol.run_arm`` results (loss curves), task by task in the table's order."""
 
     rows: pd.DataFrame
     lr: dict[str, dict[str, dict]] = field(default_factory=dict)
@@ -105,7 +59,7 @@ def _row(task, arm: str, cell: str, control: str, seed: int | None, measured: di
             "decoded_metric": DECODED_METRIC[task.category], "per_example": per_example}
 
 
-def _neuron_arms(name: str, sets_by_cell: Mapping[str, Mapping[str, NeuronSet]], controls: Sequence[str],
+def neuron_arms(name: str, sets_by_cell: Mapping[str, Mapping[str, NeuronSet]], controls: Sequence[str],
                  seed: int) -> list[tuple[str, str, str, Arm]]:
     """(arm, cell, control, Arm) of the neuron arms of one task and seed: each cell's own set, and its
     random draw per control (the draw depends on the seed; the own set does not)."""
@@ -122,12 +76,13 @@ def _neuron_arms(name: str, sets_by_cell: Mapping[str, Mapping[str, NeuronSet]],
 def table2(
     model, sets_by_cell: Mapping[str, Mapping[str, NeuronSet]], protocol: Protocol, *, seeds: Sequence[int] = (0, 1, 2),
     n_test: int = 24, controls: Sequence[str] = ("total",), all_seeds: Sequence[int] | None = None,
-    batch_size: int = 16, progress: bool = True,
+    batch_size: int = 16, progress: bool = True, workers: int | None = None,
 ) -> Table2:
     """Table 2 on the protocol (module docstring). ``sets_by_cell[cell][task]`` are the task-neuron
     sets (``deactivation.grid_sets``); ``all_seeds`` (default: the first seed; ``()`` skips the arm)
-    are the seeds of the "all parameters" arm. Runs task by task and arm by arm, each cached, so an
-    interrupted run resumes at the next arm."""
+    are the seeds of the "all parameters" arm. The runs (the lr grids, then the other seeds) are
+    shared out over ``workers`` processes (``workers.run_jobs``; default ``$NRN_WORKERS``), each
+    cached, so an interrupted run resumes at the next run; the table is then read task by task."""
     if not sets_by_cell or not all(sets_by_cell.values()):
         raise ValueError("table2: sets_by_cell must map each cell to a non-empty {task: NeuronSet}")
     if not seeds:
@@ -141,52 +96,60 @@ def table2(
         raise ValueError(f"table2: every cell needs a set for every task; missing (cell, task): {missing}")
     all_seeds = tuple(seeds[:1] if all_seeds is None else all_seeds)
     fp = model_fingerprint(model)
-    n_neuron = len(sets_by_cell) * (1 + len(controls))
-    per_task = (len(protocol.grid("neurons")) * n_neuron + (len(seeds) - 1) * n_neuron
-                + (len(protocol.grid("all")) + len(all_seeds) - 1 if all_seeds else 0))
-    bar = tqdm(total=len(tasks) * per_task, desc="Table 2 arms", disable=not progress)
+    measures = {name: TestMeasure(get_task(name), n_test, batch_size) for name in tasks}
+    arms = {(name, seed): [arm for *_, arm in neuron_arms(name, sets_by_cell, controls, seed)]
+            for name in tasks for seed in seeds}
+    every = {name: Arm(f"all:{name}", "all") for name in tasks}
+    settings = {name: dict(measure=m, measure_settings=m.settings(), measure_code=MEASURE_CODE, fingerprint=fp)
+                for name, m in measures.items()}
+
+    def job(name: str, arm: Arm, lr: float, seed: int) -> Callable[[], dict]:
+        return partial(run_arm, model, [measures[name].task], arm, protocol, lr=lr, seed=seed, **settings[name])
+
+    def select(name: str, chosen_from: list[Arm], seed: int) -> tuple[dict, list[dict], list[dict]]:
+        """``protocol.select_lr`` over ``chosen_from``: the chosen lr with every grid value's score, every
+        grid run, and the arms' runs at the chosen lr (in the arms' order)."""
+        chosen = select_lr(model, [measures[name].task], chosen_from, protocol, seed=seed, **settings[name])
+        i = list(chosen["scores"]).index(chosen["lr"])
+        n = len(chosen_from)
+        return {"lr": chosen["lr"], "scores": chosen["scores"]}, chosen["runs"], chosen["runs"][i * n:(i + 1) * n]
+
+    prefill = partial(run_jobs, workers=workers, progress=progress, device=model.cfg.device)
+    # 1. the lr grids on the first seed (every run of them shared over the workers), and the choices
+    prefill([job(name, arm, lr, seeds[0]) for name in tasks for lr in protocol.grid("neurons")
+             for arm in arms[name, seeds[0]]]
+            + [job(name, every[name], lr, all_seeds[0]) for name in tasks for lr in protocol.grid("all") if all_seeds],
+            desc="Table 2: lr grids")
+    chosen = {(name, "neurons"): select(name, arms[name, seeds[0]], seeds[0]) for name in tasks}
+    chosen |= {(name, "all"): select(name, [every[name]], all_seeds[0]) for name in tasks if all_seeds}
+    # 2. the other seeds at the chosen lrs
+    prefill([job(name, arm, chosen[name, "neurons"][0]["lr"], seed) for name in tasks for seed in seeds[1:]
+             for arm in arms[name, seed]]
+            + [job(name, every[name], chosen[name, "all"][0]["lr"], seed) for name in tasks for seed in all_seeds[1:]],
+            desc="Table 2: seeds")
+    # 3. the table, read from the cache task by task
     out = Table2(rows=pd.DataFrame())
     rows = []
-
-    def run(task, measure: TestMeasure, arm: Arm, lr: float, seed: int) -> dict:
-        bar.set_postfix_str(f"{arm.name} lr={lr:g} seed={seed}")
-        result = run_arm(model, [task], arm, protocol, lr=lr, seed=seed, measure=measure,
-                         measure_settings=measure.settings(), measure_code=MEASURE_CODE, fingerprint=fp)
-        out.runs.append(result)
-        bar.update()
-        return result
-
-    def select(task, measure: TestMeasure, arms: list[Arm], seed: int) -> tuple[dict, list[dict]]:
-        """``protocol.select_lr`` over ``arms``: the chosen lr with every grid value's score, and the
-        arms' runs at that lr (in the arms' order)."""
-        bar.set_postfix_str(f"lr grid of the {arms[0].arm_type} arms, {task.name}")
-        chosen = select_lr(model, [task], arms, protocol, seed=seed, measure=measure,
-                           measure_settings=measure.settings(), measure_code=MEASURE_CODE, fingerprint=fp)
-        out.runs.extend(chosen["runs"])
-        bar.update(len(chosen["runs"]))
-        i = list(chosen["scores"]).index(chosen["lr"])
-        return {"lr": chosen["lr"], "scores": chosen["scores"]}, chosen["runs"][i * len(arms):(i + 1) * len(arms)]
-
     for name in tasks:
-        task = get_task(name)
-        measure = TestMeasure(task, n_test, batch_size)
-        rows.append(_row(task, "none", "-", "-", None, measure_untrained(model, measure, fp), None))
+        task = measures[name].task
+        rows.append(_row(task, "none", "-", "-", None, measure_untrained(model, measures[name], fp), None))
         out.lr[name] = {}
-        first = _neuron_arms(name, sets_by_cell, controls, seeds[0])
-        out.lr[name]["neurons"], first_runs = select(task, measure, [arm for *_, arm in first], seeds[0])
-        lr = out.lr[name]["neurons"]["lr"]
+        out.lr[name]["neurons"], grid_runs, first_runs = chosen[name, "neurons"]
+        out.runs += grid_runs
         for seed in seeds:
-            arms = first if seed == seeds[0] else _neuron_arms(name, sets_by_cell, controls, seed)
-            results = first_runs if seed == seeds[0] else [run(task, measure, arm, lr, seed) for *_, arm in arms]
+            labels = neuron_arms(name, sets_by_cell, controls, seed)
+            results = first_runs if seed == seeds[0] else [job(name, arm, out.lr[name]["neurons"]["lr"], seed)()
+                                                            for arm in arms[name, seed]]
+            out.runs += [] if seed == seeds[0] else results
             rows += [_row(task, kind, cell, control, seed, r["measure"], r)
-                     for (kind, cell, control, _), r in zip(arms, results, strict=True)]
+                     for (kind, cell, control, _), r in zip(labels, results, strict=True)]
         if all_seeds:
-            every = Arm(f"all:{name}", "all")
-            out.lr[name]["all"], [first_all] = select(task, measure, [every], all_seeds[0])
+            out.lr[name]["all"], grid_runs, [first_all] = chosen[name, "all"]
+            out.runs += grid_runs
             for seed in all_seeds:
-                r = first_all if seed == all_seeds[0] else run(task, measure, every, out.lr[name]["all"]["lr"], seed)
+                r = first_all if seed == all_seeds[0] else job(name, every[name], out.lr[name]["all"]["lr"], seed)()
+                out.runs += [] if seed == all_seeds[0] else [r]
                 rows.append(_row(task, "all", "-", "-", seed, r["measure"], r))
-    bar.close()
     out.rows = pd.DataFrame(rows)
     several = out.rows[out.rows.arm == "random"][["cell", "control"]].drop_duplicates().shape[0] > 1
     out.rows["label"] = [f"{a} ({c}{'' if k == '-' else ', ' + k})" if several and c != "-" else a

@@ -22,22 +22,23 @@ similarities on the trained weights; the lr is chosen on dev over the grid at th
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from nrnlib.experiments.generalization import proportion_sets
-from nrnlib.experiments.neuron_finetuning import DECODED_METRIC, MEASURE_CODE, TestMeasure, measure_untrained
+from nrnlib.experiments.measures import DECODED_METRIC, MEASURE_CODE, TestMeasure, measure_untrained
 from nrnlib.model_state import model_fingerprint
 from nrnlib.neurons import NeuronSet
 from nrnlib.protocol import Arm, Protocol, choose_lr, run_arm
 from nrnlib.similarity import DEFINITIONS, layer_similarity
 from nrnlib.tasks import get_task
+from nrnlib.workers import run_jobs
 
 SETTINGS = (("classification", "classification"), ("generation", "generation"), ("classification", "generation"))
 SIMILARITY_CODE = ("similarity", "experiments.parameter_similarity")
@@ -119,11 +120,12 @@ def _rows(source: str, seed: int | None, measured: dict, base: Mapping[str, dict
 def similarity_models(
     model, scores: Mapping[str, Tensor], protocol: Protocol, train_tasks: Sequence[str], test_tasks: Sequence[str],
     *, k: float = 0.10, seeds: Sequence[int] = (0, 1, 2), n_test: int = 24, batch_size: int = 16,
-    progress: bool = True,
+    progress: bool = True, workers: int | None = None,
 ) -> Figure3:
     """Figure 3 (module docstring): one ``M_i`` per training task and seed, each measured on the
     held-out ``test_tasks`` (scores and per-layer similarities); the same similarities on the
-    untrained model (``stage="untrained"``). ``scores`` must hold every training and test task."""
+    untrained model (``stage="untrained"``). ``scores`` must hold every training and test task. The
+    models are shared out over ``workers`` processes (``workers.run_jobs``; default ``$NRN_WORKERS``)."""
     missing = sorted((set(train_tasks) | set(test_tasks)) - set(scores))
     if missing:
         raise ValueError(f"similarity_models: no relevance scores for {missing}")
@@ -142,27 +144,29 @@ def similarity_models(
         out.untrained[name] = untrained["similarity"]
         rows += _rows(name, None, untrained, base, "untrained")
     grid = protocol.grid("neurons")
-    bar = tqdm(total=len(train_tasks) * (len(grid) + len(seeds) - 1), desc="Figure 3 models", disable=not progress)
 
-    def train(name: str, lr: float, seed: int) -> dict:
+    def train(name: str, lr: float, seed: int) -> Callable[[], dict]:
         measure = SimilarityMeasure(sets[name], test_sets, measures, control_seed=seed)
-        bar.set_postfix_str(f"M_{name} lr={lr:g} seed={seed}")
-        run = run_arm(model, [get_task(name)], Arm(f"M:{name}", "neurons", neurons=sets[name]), protocol, lr=lr,
-                      seed=seed, measure=measure, measure_settings=measure.settings(),
-                      measure_code=MEASURE_CODE + SIMILARITY_CODE, fingerprint=fp)
-        out.runs.append(run)
-        bar.update()
-        return run
+        return partial(run_arm, model, [get_task(name)], Arm(f"M:{name}", "neurons", neurons=sets[name]), protocol,
+                       lr=lr, seed=seed, measure=measure, measure_settings=measure.settings(),
+                       measure_code=MEASURE_CODE + SIMILARITY_CODE, fingerprint=fp)
 
-    by_lr = {lr: {name: train(name, lr, seeds[0]) for name in train_tasks} for lr in grid}
+    run = partial(run_jobs, workers=workers, progress=progress, device=model.cfg.device)
+    choice = [(lr, name) for lr in grid for name in train_tasks]
+    choice_runs = run([train(name, lr, seeds[0]) for lr, name in choice], desc="Figure 3: lr choice")
+    by_lr: dict[float, dict[str, dict]] = {lr: {} for lr in grid}
+    for (lr, name), r in zip(choice, choice_runs, strict=True):
+        by_lr[lr][name] = r
     lr_scores = {lr: float(np.mean([r["curve"]["best_dev_loss"] for r in runs.values()])) for lr, runs in by_lr.items()}
     lr = choose_lr(lr_scores)
     out.lr = {"lr": lr, "scores": lr_scores}
+    later = [(seed, name) for seed in seeds[1:] for name in train_tasks]
+    later_runs = run([train(name, lr, seed) for seed, name in later], desc="Figure 3 models")
+    out.runs = [*choice_runs, *later_runs]
+    trained = {(seeds[0], name): by_lr[lr][name] for name in train_tasks} | dict(zip(later, later_runs, strict=True))
     for seed in seeds:
         for name in train_tasks:
-            run = by_lr[lr][name] if seed == seeds[0] else train(name, lr, seed)
-            rows += _rows(name, seed, run["measure"], base, "trained")
-    bar.close()
+            rows += _rows(name, seed, trained[seed, name]["measure"], base, "trained")
     out.rows = pd.DataFrame(rows)
     return out
 

@@ -224,7 +224,8 @@ def finetuning_claims(rows: pd.DataFrame, profile: Profile | str, *, id: str = "
       spread between training runs and random draws as well as between examples;
     - the tally "holds on at least ⌈2/3⌉ of the tasks", under ``id`` for the cell and control closest
       to the paper (global / all positions / same total) and ``id + ".grid"`` for the others."""
-    from nrnlib.experiments.neuron_finetuning import DECODED_METRIC, paired_per_example
+    from nrnlib.experiments.measures import DECODED_METRIC
+    from nrnlib.experiments.neuron_finetuning import paired_per_example
 
     out: list[Claim] = []
     common = dict(notebook="03_neuron_finetuning", figure="03_table2", profile=profile)

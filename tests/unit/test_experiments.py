@@ -450,6 +450,33 @@ def test_table2_rows_equal_hand_runs_and_share_one_lr(tiny_model, parity_task, t
         E.table2(tiny_model, {"global/all": {"parity": own}}, protocol, controls=("bogus",))
 
 
+def test_table2_with_two_workers_equals_one_process(tiny_model, parity_task, tmp_path, monkeypatch):
+    """Table 2's runs shared over two forked processes give the same rows, lr choices and loss curves
+    as one process (each a fresh cache), and both processes trained some of them."""
+    import json
+    import os
+
+    from nrnlib.experiments import neuron_finetuning
+
+    monkeypatch.setattr(neuron_finetuning, "get_task", lambda name: parity_task)
+    L, D = tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp
+    own = NeuronSet.from_indices(L, D, {0: range(6), L - 1: range(3)})
+    tables = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("NRN_CACHE", str(tmp_path / f"cache{workers}"))
+        tables[workers] = E.table2(tiny_model, {"global/all": {"parity": own}}, _tiny_protocol(), seeds=(0, 1, 2),
+                                   n_test=6, progress=False, workers=workers)
+    one, two = tables[1], tables[2]
+    assert one.lr == two.lr
+    pd.testing.assert_frame_equal(one.rows.drop(columns=["per_example", "train_wall_s"]),
+                                  two.rows.drop(columns=["per_example", "train_wall_s"]))
+    assert one.rows.per_example.tolist() == two.rows.per_example.tolist()
+    assert [r["curve"]["train_loss"] for r in one.runs] == [r["curve"]["train_loss"] for r in two.runs]
+    entries = (tmp_path / "cache2" / "protocol_arm").glob("*.json")
+    pids = {json.loads(p.read_text())["provenance"]["pid"] for p in entries}
+    assert os.getpid() in pids and len(pids) >= 2
+
+
 def test_table2_answers_train_the_tables_arms(tiny_model, echo_task, tmp_path, monkeypatch):
     """table2_answers' columns are the answers after training, by hand, the own set, its random draw
     (random_like(seed, match)) and every parameter at the lrs Table 2 chose, at the given seed."""
@@ -477,7 +504,7 @@ def test_table2_answers_train_the_tables_arms(tiny_model, echo_task, tmp_path, m
 
 def test_table2_resumes_after_an_interruption_without_recomputing(tiny_model, parity_task, tmp_path, monkeypatch):
     """Kill the run after three arms; the rerun computes only the arms that had not finished, and gives
-    the same rows as an uninterrupted run in a fresh cache."""
+    the same rows as an uninterrupted run in a fresh cache (one process, whose calls the test counts)."""
     from nrnlib import protocol as protocol_module
     from nrnlib.experiments import neuron_finetuning
 
@@ -497,12 +524,12 @@ def test_table2_resumes_after_an_interruption_without_recomputing(tiny_model, pa
     monkeypatch.setenv("NRN_CACHE", str(tmp_path / "a"))
     counting.fail = True
     with pytest.raises(KeyboardInterrupt):
-        E.table2(tiny_model, sets, protocol, seeds=(0, 1), n_test=4, progress=False)
+        E.table2(tiny_model, sets, protocol, seeds=(0, 1), n_test=4, progress=False, workers=1)
     counting.fail, done = False, len(calls) - 1
-    resumed = E.table2(tiny_model, sets, protocol, seeds=(0, 1), n_test=4, progress=False).rows
+    resumed = E.table2(tiny_model, sets, protocol, seeds=(0, 1), n_test=4, progress=False, workers=1).rows
     assert len(calls) - done - 1 == 7 - done  # 7 arms in all; the finished ones came from the cache
     monkeypatch.setenv("NRN_CACHE", str(tmp_path / "b"))
-    fresh = E.table2(tiny_model, sets, protocol, seeds=(0, 1), n_test=4, progress=False).rows
+    fresh = E.table2(tiny_model, sets, protocol, seeds=(0, 1), n_test=4, progress=False, workers=1).rows
     pd.testing.assert_frame_equal(resumed.drop(columns=["train_wall_s"]), fresh.drop(columns=["train_wall_s"]))
 
 

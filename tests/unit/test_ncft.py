@@ -266,3 +266,32 @@ def test_every_stage_starts_with_fresh_optimizer_state(tiny_model, sequence_setu
                      for sl in NeuronGeometry.of(tiny_model).slices(tiny_model, 0))
     expected = [sets[t].count * per_neuron for t in ("parity", "echo", "parity2")]
     assert list(sizes.values()) == expected
+
+
+def _no_time(scores):
+    """Per-task scores without their wall times."""
+    return {task: {k: v for k, v in result.items() if k != "wall_s"} for task, result in scores.items()}
+
+
+def test_run_sequences_with_two_workers_equal_one_process(tiny_model, sequence_setup, tmp_path, monkeypatch):
+    """Sequences shared over two forked processes give the same stage records (curves, neurons, scores)
+    as one process (each a fresh cache), both processes trained stages, and the order is the jobs'."""
+    import json
+    import os
+
+    _, _, selector, _ = sequence_setup
+    jobs = [dict(order=order, method=method, lr=1e-2, seed=0)
+            for order in (("parity", "echo"), ("echo", "parity")) for method in ("ncft", "seqft")]
+    out = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("NRN_CACHE", str(tmp_path / f"cache{workers}"))
+        out[workers] = ncft.run_sequences(tiny_model, jobs, workers=workers, progress=False, protocol=_protocol(),
+                                          selector=selector, select_settings={"fixed": True}, n_test=4)
+    assert [(s["order"], s["method"]) for s in out[2]] == [(list(j["order"]), j["method"]) for j in jobs]
+    for one, two in zip(out[1], out[2], strict=True):
+        assert [r["curve"]["train_loss"] for r in one["stages"]] == [r["curve"]["train_loss"] for r in two["stages"]]
+        assert [_no_time(r["scores"]) for r in one["stages"]] == [_no_time(r["scores"]) for r in two["stages"]]
+        assert [r["neurons"] for r in one["stages"]] == [r["neurons"] for r in two["stages"]]
+    entries = (tmp_path / "cache2" / "ncft_stage").glob("*.json")
+    pids = {json.loads(p.read_text())["provenance"]["pid"] for p in entries}
+    assert os.getpid() in pids and len(pids) >= 2

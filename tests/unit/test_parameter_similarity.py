@@ -46,6 +46,34 @@ def test_similarity_models_rows_equal_a_hand_run(tiny_model, parity_task, echo_t
     assert set(got.setting) == {"classification -> generation"}
 
 
+def test_similarity_models_with_two_workers_equal_one_process(tiny_model, parity_task, echo_task, tmp_path,
+                                                               monkeypatch):
+    """The models shared over two forked processes give the same rows, lr choice and curves as one
+    process (each a fresh cache), and both processes trained some of them."""
+    import json
+    import os
+
+    from nrnlib.protocol import Protocol
+
+    tasks = {"parity": parity_task, "echo": echo_task}
+    monkeypatch.setattr(PS, "get_task", tasks.__getitem__)
+    gen = torch.Generator().manual_seed(1)
+    scores = {t: torch.rand(tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp, generator=gen) for t in tasks}
+    protocol = Protocol(dev_size=2, eval_every=1, patience=1, max_steps=2, batch_size=2, n_train=4, dev_batch_size=2,
+                        lr_grids={"neurons": (1e-2, 3e-2)})
+    out = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("NRN_CACHE", str(tmp_path / f"cache{workers}"))
+        out[workers] = PS.similarity_models(tiny_model, scores, protocol, ["parity", "echo"], ["echo", "parity"],
+                                            k=0.25, seeds=(0, 1), n_test=4, progress=False, workers=workers)
+    assert out[1].lr == out[2].lr
+    pd.testing.assert_frame_equal(out[1].rows, out[2].rows)
+    assert [r["curve"]["train_loss"] for r in out[1].runs] == [r["curve"]["train_loss"] for r in out[2].runs]
+    entries = (tmp_path / "cache2" / "protocol_arm").glob("*.json")
+    pids = {json.loads(p.read_text())["provenance"]["pid"] for p in entries}
+    assert os.getpid() in pids and len(pids) >= 2
+
+
 def _rows(n_models=3, n_tests=3, n_layers=4, slope=1.0):
     """Synthetic trained rows: gain = slope x similarity in the deeper layers, noise-free; the shuffled
     control is 0.1 below the similarity."""

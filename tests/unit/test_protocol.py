@@ -217,5 +217,21 @@ def test_curves_frame_and_figure():
                      "best_step": 2}}
     frame = P.curves_frame([run])
     assert len(frame) == 7 and frame[frame.best].step.tolist() == [2]
-    fig = P.loss_curves_figure([run])
-    assert [t.name for t in fig.data][:2] == ["task lr=0.001 seed=0 train", "task lr=0.001 seed=0 dev"]
+
+
+def test_loss_curves_figure_panels_colours_and_dashes():
+    """A panel per task, a trace per (arm, seed) holding that run's dev evaluations, by hand."""
+    from nrnlib import plots
+
+    def run(arm, seed, losses):
+        return {"arm": arm, "arm_type": "neurons", "lr": 1e-3, "seed": seed,
+                "curve": {"train_loss": [9.0] * 4, "dev_steps": [0, 2, 4][:len(losses)], "dev_loss": losses,
+                          "best_step": 0}}
+
+    runs = [run("task:antonym:global/all", 0, [3.0, 2.0, 2.5]), run("random-total:antonym:global/all", 0, [3.0, 2.8]),
+            run("task:antonym:global/all", 1, [3.1, 2.2, 2.1]), run("all:trivia_qa", 0, [4.0, 3.0, 3.5])]
+    fig = plots.loss_curves_figure(runs, "curves")
+    traces = {(t.legendgroup, t.xaxis): list(t.y) for t in fig.data}
+    assert len(fig.data) == 4 and len({t.xaxis for t in fig.data}) == 2
+    assert [3.0, 2.8] in traces.values() and [4.0, 3.0, 3.5] in traces.values()
+    assert {t.legendgroup for t in fig.data} == {"task, 0", "random-total, 0", "task, 1", "all, 0"}
