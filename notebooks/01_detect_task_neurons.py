@@ -122,10 +122,10 @@ experiments.top_activations(model, tasks[0], top_layer, top_neuron, n_examples=3
 
 # %%
 depth = {sel: experiments.depth_table(s, sel) for sel, s in sets.items()}
-matrices = {f"{sel} top-{K:.0%}": d.pivot(index="task", columns="layer", values="fraction_of_layer")
+matrices = {f"{sel} top-{K:.0%}": d.pivot(index="task", columns="block", values="fraction_of_layer").loc[tasks]
             for sel, d in depth.items()}
 fig = plots.heatmaps_figure(matrices, f"Share of each layer's neurons in the task's set ({profile.name})",
-                            "fraction of layer", zmin=0)
+                            "fraction of layer", zmin=0, x_title="block (1 = first)")
 plots.save_figure(fig, "01_depth_heatmap", width=1200, height=500)
 fig
 
@@ -137,7 +137,8 @@ fig
 # %%
 ious = {sel: experiments.iou_table(s) for sel, s in sets.items()}
 fig = plots.heatmaps_figure({f"{sel} top-{K:.0%}": m for sel, m in ious.items()},
-                            f"IoU of task-neuron sets ({profile.name})", "IoU", zmin=0, zmax=1)
+                            f"IoU of task-neuron sets ({profile.name}; diagonal, 1 by definition, left blank)",
+                            "IoU", zmin=0, blank_diagonal=True)
 plots.save_figure(fig, "01_iou_heatmap", width=1200, height=550)
 fig
 

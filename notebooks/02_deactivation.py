@@ -97,9 +97,9 @@ model = load_model(MODEL)
 sets = experiments.grid_sets(model, profile, tasks, K)
 depth = pd.concat([experiments.depth_table(by_task, cell).rename(columns={"selection": "cell"})
                    for cell, by_task in sets.items()])
-fig = plots.lines_figure(depth, "layer", "fraction_of_layer", "cell", f"Share of each layer in the task's set "
+fig = plots.lines_figure(depth, "block", "fraction_of_layer", "cell", f"Share of each layer in the task's set "
                          f"(top {K:.0%}, {profile.name})", facet_col="task", facet_col_wrap=3,
-                         labels={"fraction_of_layer": "share of the layer's neurons"})
+                         labels={"fraction_of_layer": "share of the layer's neurons", "block": "block (1 = first)"})
 plots.save_figure(fig, "02_sets_by_layer", width=1300, height=650, profile=profile.name)
 fig
 
@@ -163,14 +163,15 @@ summary = experiments.drop_summary(table)
 summary.pivot_table(index="task", columns=["panel", "condition"], values="drop", sort=False).round(3)
 
 # %% [markdown]
-# *Before the figure:* in each panel, the task-neuron bar should tower over the random bar if Paper
-# A's claim holds in that reading; the error bars are 95% CIs (random: over random sets and
-# examples).
+# *Before the figure:* Paper A's claim is a ratio, so it is drawn as one: own drop / random drop on a
+# log axis, where every task's scale (a few nats for a class label, tens of nats for a sentence) reads
+# the same. Above the dashed line means "at least 3x random". The bar around each point only combines
+# the two 95% CIs above (own low / random high to own high / random low); the verdict's own CI follows.
 
 # %%
-fig = plots.drop_bars_figure(summary, f"Log-prob drop, task neurons vs random neurons off, per cell "
-                             f"(k = {K:.0%}, {profile.name})")
-plots.save_figure(fig, "02_table1_logprob", width=1300, height=800, profile=profile.name)
+fig = plots.drop_ratio_figure(summary, f"Own drop / random drop per task and cell (k = {K:.0%}, {profile.name})",
+                              factor=FACTOR)
+plots.save_figure(fig, "02_table1_ratio", width=1300, height=650, profile=profile.name)
 fig
 
 # %% [markdown]
@@ -232,9 +233,11 @@ sets_by_k = {k: {experiments.PAPER_CELL.name: experiments.neuron_sets(
     experiments.relevance_scores(experiments.relevance_chunks(model, profile, tasks)), k, model=model)}
     for k in profile.k_grid}
 curve = experiments.k_curve_table(model, sets_by_k, n, batch_size=profile.batch_size, control=experiments.PAPER_CONTROL)
-fig = plots.lines_figure(curve, "k", "logprob_drop", "condition", f"Log-prob drop vs fraction of neurons off "
-                         f"({profile.name})", facet_col="task", facet_col_wrap=3, log_x=True,
-                         labels={"logprob_drop": "log-prob drop", "k": "k"})
+fig = plots.lines_figure(curve.replace({"condition": {"random": "random (one draw per k)"}}), "k", "logprob_drop",
+                         "condition", f"Log-prob drop vs fraction of neurons off ({profile.name}; each panel its "
+                         "own y scale)", facet_col="task", facet_col_wrap=3, log_x=True,
+                         labels={"logprob_drop": "log-prob drop (nats)", "k": "k (fraction of all neurons)"})
+fig.update_yaxes(matches=None, showticklabels=True)
 plots.save_figure(fig, "02_k_curves", width=1300, height=650, profile=profile.name)
 fig
 

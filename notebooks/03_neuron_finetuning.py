@@ -189,9 +189,9 @@ rows.groupby(["task", "arm", "stopped"], sort=False).size().rename("runs").reset
 # seeds), and where both sit between *none* and *all*.
 
 # %%
-fig = plots.arm_bars_figure(rows.assign(accuracy=rows.decoded), ["logprob", "accuracy"],
-                            f"Test log-prob (top) and calibrated accuracy / ROUGE-L (bottom) per arm after training "
-                            f"to convergence ({profile.name}; mean and std over seeds)")
+fig = plots.arm_bars_figure(rows, {"logprob": "test log-prob (nats)", "decoded": "calibrated accuracy / ROUGE-L"},
+                            f"Each arm after training to convergence ({profile.name}; mean over seeds, bar: "
+                            "min to max over seeds)")
 plots.save_figure(fig, "03_table2", width=1100, height=800, profile=profile.name)
 fig
 
@@ -208,7 +208,9 @@ experiments.table2_answers(model, sets, result, shown, protocol, seed=profile.se
 
 # %% [markdown]
 # ## 7. The verdicts
-# What to look at: where each task's CI lies relative to 0 (dashed), for both metrics.
+# What to look at: where each task's CI lies relative to 0 (dashed), for both metrics, and whether the
+# seeds (open circles) agree in sign: a CI that straddles 0 because one seed disagrees is a different
+# story from one that straddles 0 because every seed sits near 0.
 
 # %%
 claims = experiments.finetuning_claims(rows, profile)
@@ -216,8 +218,10 @@ claims_table(claims)
 
 # %%
 fig = plots.claims_forest_figure([c for c in claims if c.id.endswith("per_task")],
-                                 title="Task arm minus random arm, paired by seed and example (95% CI)",
-                                 row="task", facet="metric; cell, control", x_title="task − random")
+                                 title="Task arm minus random arm, paired by seed and example (95% CI; open "
+                                       "circles: each seed alone)",
+                                 row="task", facet="metric; cell, control", x_title="task − random",
+                                 points=experiments.finetuning_seed_points(rows))
 fig.update_xaxes(matches=None)  # log-prob (nats) and accuracy / ROUGE-L differences have their own scales
 plots.save_figure(fig, "03_verdicts", width=1100, height=500, profile=profile.name)
 fig

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -144,8 +145,14 @@ def task_scores_figure(table: pd.DataFrame, title: str) -> go.Figure:
 def heatmaps_figure(
     matrices: Mapping[str, pd.DataFrame], title: str, colorbar_title: str, zmin: float | None = None,
     zmax: float | None = None, colorscale: str = "Viridis", zmid: float | None = None,
+    x_title: str | None = None, y_title: str | None = None, blank_diagonal: bool = False,
 ) -> go.Figure:
-    """Side-by-side heatmaps sharing one colour scale (one per entry of ``matrices``: rows x columns)."""
+    """Side-by-side heatmaps sharing one colour scale (one per entry of ``matrices``: rows x columns).
+    ``blank_diagonal`` leaves a square matrix's diagonal empty (e.g. IoU of a set with itself, 1 by
+    definition), so that the colour scale spans the off-diagonal values."""
+    if blank_diagonal:
+        matrices = {name: m.mask(pd.DataFrame(np.eye(len(m), dtype=bool), index=m.index, columns=m.columns))
+                    for name, m in matrices.items()}
     fig = make_subplots(rows=1, cols=len(matrices), subplot_titles=list(matrices), horizontal_spacing=0.12)
     values = pd.concat([m.stack() for m in matrices.values()])
     lo = float(values.min()) if zmin is None else zmin
@@ -154,7 +161,8 @@ def heatmaps_figure(
         fig.add_trace(go.Heatmap(z=matrix.values, x=[str(c) for c in matrix.columns], y=[str(r) for r in matrix.index],
                                  zmin=lo, zmax=hi, zmid=zmid, colorscale=colorscale, showscale=i == 1,
                                  colorbar=dict(title=colorbar_title)), row=1, col=i)
-        fig.update_yaxes(autorange="reversed", row=1, col=i)
+        fig.update_yaxes(autorange="reversed", title_text=y_title if i == 1 else None, row=1, col=i)
+        fig.update_xaxes(title_text=x_title, row=1, col=i)
     fig.update_layout(template=TEMPLATE, title=title)
     return fig
 
@@ -198,11 +206,13 @@ VERDICT_COLORS = {"holds": "#1a9850", "does not hold": "#d73027", "inconclusive"
 
 
 def claims_forest_figure(claims: Sequence, title: str, row: str = "task", facet: str | None = None,
-                         x_title: str = "statistic") -> go.Figure:
+                         x_title: str = "statistic", points: pd.DataFrame | None = None,
+                         points_label: str = "one seed") -> go.Figure:
     """Forest plot of ``nrnlib.claims.Claim`` objects: per claim its estimate with the 95% CI as a
     horizontal bar, coloured by verdict, and the rule's threshold as a dashed line. ``row`` and
     ``facet`` are functions of the claim's ``scope`` split at ``"; "`` (part 0 → ``row``, part 1 →
-    ``facet``), e.g. scope ``"antonym; global/all, random total"``."""
+    ``facet``), e.g. scope ``"antonym; global/all, random total"``. ``points`` (columns row, facet,
+    estimate) adds small open markers in the same panels, e.g. the statistic of each seed alone."""
     rows = []
     for c in claims:
         parts = c.scope.split("; ", 1)
@@ -210,48 +220,76 @@ def claims_forest_figure(claims: Sequence, title: str, row: str = "task", facet:
                      "plus": c.ci_high - c.estimate, "minus": c.estimate - c.ci_low, "verdict": c.verdict,
                      "threshold": c.threshold, "statistic": c.statistic})
     table = pd.DataFrame(rows)
+    colours = dict(VERDICT_COLORS)
+    if points is not None:
+        table = pd.concat([table, points[["row", "facet", "estimate"]].assign(verdict=points_label)],
+                          ignore_index=True)
+        colours[points_label] = "black"
     fig = px.scatter(table, x="estimate", y="row", color="verdict", error_x="plus", error_x_minus="minus",
                      facet_col="facet" if facet else None, facet_col_wrap=4 if facet else 0,
-                     color_discrete_map=VERDICT_COLORS, template=TEMPLATE, title=title, hover_data=["statistic"],
-                     category_orders={"verdict": list(VERDICT_COLORS)},
-                     labels={"estimate": x_title, "row": row, "facet": facet or ""})
-    for threshold in table.threshold.unique():
+                     color_discrete_map=colours, template=TEMPLATE, title=title, hover_data=["statistic"],
+                     category_orders={"verdict": list(colours), "row": list(dict.fromkeys(table.row))},
+                     labels={"estimate": x_title, "row": row, "facet": facet or "", "verdict": ""})
+    for threshold in table.threshold.dropna().unique():
         fig.add_vline(x=float(threshold), line_dash="dash", line_color="black", opacity=0.6)
     fig.update_traces(marker_size=9)
+    fig.update_traces(marker=dict(size=6, symbol="circle-open", opacity=0.7), selector=dict(name=points_label))
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
     return fig
 
 
-def drop_bars_figure(summary: pd.DataFrame, title: str) -> go.Figure:
-    """Per task: the mean log-prob drop with its own neurons off beside the mean drop with random
-    neurons off, each with its bootstrap 95% CI (``summary``: task, condition, drop, ci_low, ci_high,
-    optionally ``panel`` for one panel per cell/control)."""
-    drop = summary["drop"]  # not summary.drop: that is DataFrame.drop
-    table = summary.assign(plus=summary.ci_high - drop, minus=drop - summary.ci_low)
-    fig = px.bar(table, x="task", y="drop", color="condition", barmode="group", error_y="plus",
-                 error_y_minus="minus", facet_col="panel" if "panel" in table else None,
-                 facet_col_wrap=2 if "panel" in table else 0, template=TEMPLATE, title=title,
-                 labels={"drop": "log-prob drop (intact − deactivated)", "task": ""})
-    fig.update_xaxes(tickangle=-40)
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+def drop_ratio_figure(summary: pd.DataFrame, title: str, factor: float = 3.0) -> go.Figure:
+    """Per task and panel (cell, random control): the ratio of the mean log-prob drop with the task's
+    own neurons off to the mean drop with random neurons off, on a log axis with the ``factor`` line
+    (Paper A's "at least 3x"). Ratios are scale-free, so classification and generation tasks share one
+    axis. The bar around each ratio spans own CI / random CI, ``[own_lo / rnd_hi, own_hi / rnd_lo]``
+    (wider than a bootstrap CI of the ratio; the verdict's own CI is ``claims_forest_figure``'s);
+    a ratio whose random drop is not above 0 cannot be drawn and is listed in the title.
+    ``summary``: ``experiments.drop_summary``."""
+    wide = summary.pivot_table(index=["panel", "task"], columns="condition", values=["drop", "ci_low", "ci_high"],
+                               sort=False)
+    own, rnd = "task neurons off", "random neurons off"
+    frame = pd.DataFrame({"ratio": wide["drop"][own] / wide["drop"][rnd],
+                          "low": wide["ci_low"][own] / wide["ci_high"][rnd],
+                          "high": wide["ci_high"][own] / wide["ci_low"][rnd].where(wide["ci_low"][rnd] > 0)}
+                         ).reset_index()
+    drawn = frame[wide["drop"][rnd].to_numpy() > 0]
+    top = float(np.nanmax([drawn.high.max(), drawn.ratio.max(), factor])) * 2
+    drawn = drawn.assign(high=drawn.high.fillna(top).clip(upper=top), low=drawn.low.clip(lower=1e-2))
+    skipped = sorted(set(frame.panel + ": " + frame.task) - set(drawn.panel + ": " + drawn.task))
+    fig = px.scatter(drawn, x="task", y="ratio", color="panel", log_y=True, template=TEMPLATE,
+                     error_y=drawn.high - drawn.ratio, error_y_minus=drawn.ratio - drawn.low,
+                     title=f"{title}; dashed: {factor:g}x, Paper A's rule"
+                           + (f" (not drawn, random drop ≤ 0: {', '.join(skipped)})" if skipped else ""),
+                     labels={"ratio": "own drop / random drop (log scale)", "task": "",
+                             "panel": "cell, random control"})
+    fig.add_hline(y=factor, line_dash="dash", line_color="black")
+    fig.update_traces(marker_size=9)
+    fig.update_layout(scattermode="group")
     return fig
 
 
-def arm_bars_figure(table: pd.DataFrame, metrics: Sequence[str], title: str) -> go.Figure:
+def arm_bars_figure(table: pd.DataFrame, metrics: Mapping[str, str], title: str) -> go.Figure:
     """Per task, one bar per fine-tuning arm (its ``label`` column where there is one, e.g. "task
-    (plain)"): mean over seeds, error bar = std; one row per metric, one column per task category
-    (each panel with its own y axis)."""
+    (plain)"): mean over seeds, error bar = the range over seeds (min to max, so a bounded metric's
+    bar never leaves its range); one row per metric (``metrics``: column → axis title), one column
+    per task category (each panel with its own y axis)."""
     arm = "label" if "label" in table else "arm"
     category = table.drop_duplicates("task").set_index("task").category
     stats = pd.concat([
-        table.groupby(["task", arm], sort=False)[metric].agg(["mean", "std"]).reset_index().assign(metric=metric)
+        table.groupby(["task", arm], sort=False)[metric].agg(["mean", "min", "max"]).reset_index().assign(metric=metric)
         for metric in metrics
-    ]).fillna({"std": 0})
+    ])
     stats["category"] = stats.task.map(category)
-    fig = px.bar(stats, x="task", y="mean", color=arm, barmode="group", error_y="std", template=TEMPLATE,
-                 facet_col="category", facet_row="metric", title=title, labels={"mean": "", "task": ""})
+    fig = px.bar(stats, x="task", y="mean", color=arm, barmode="group", error_y=stats["max"] - stats["mean"],
+                 error_y_minus=stats["mean"] - stats["min"], template=TEMPLATE, facet_col="category",
+                 facet_row="metric", category_orders={"metric": list(metrics)}, title=title,
+                 labels={"mean": "", "task": ""})
     fig.update_xaxes(matches=None)
     fig.update_yaxes(matches=None, showticklabels=True)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    for i, axis_title in enumerate(reversed(list(metrics.values())), start=1):  # facet rows count from the bottom
+        fig.update_yaxes(title_text=axis_title, row=i, col=1)
     return fig
 
 

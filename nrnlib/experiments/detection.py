@@ -70,12 +70,13 @@ def neuron_sets(
 
 
 def depth_table(sets: Mapping[str, NeuronSet], selection: str = "") -> pd.DataFrame:
-    """Long table: task, layer, depth (layer / (n_layers-1)), count and share of the set in each layer."""
+    """Long table: task, layer (0-based), block (1-based, as in the papers and the figures), depth
+    (layer / (n_layers-1)), count and share of the set in each layer."""
     rows = []
     for task, s in sets.items():
         counts = s.counts_per_layer()
         for layer, n in enumerate(counts.tolist()):
-            rows.append({"selection": selection, "task": task, "layer": layer,
+            rows.append({"selection": selection, "task": task, "layer": layer, "block": layer + 1,
                          "depth": layer / max(1, s.n_layers - 1), "count": n,
                          "fraction_of_layer": n / s.d_mlp, "share_of_set": n / max(1, s.count)})
     return pd.DataFrame(rows)

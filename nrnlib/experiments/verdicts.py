@@ -213,6 +213,39 @@ def specificity_claims(matrix: pd.DataFrame, profile: Profile | str, id: str = "
 _DECODED_LABEL = {"calibrated": "calibrated accuracy", "rougeL": "ROUGE-L"}
 
 
+def _finetuning_metric(metric: str, category: str) -> tuple[str, str]:
+    """Table 2's column and label for ``metric`` ("logprob" or "decoded") on a task of ``category``."""
+    from nrnlib.experiments.measures import DECODED_METRIC
+
+    if metric == "logprob":
+        return "logprob", "log-prob"
+    key = DECODED_METRIC[category]
+    return key, _DECODED_LABEL[key]
+
+
+def _finetuning_pairs(rows: pd.DataFrame):
+    """Every (metric, cell, control, task, label, own − random [seed, example] array) of Table 2's rows."""
+    from nrnlib.experiments.neuron_finetuning import paired_per_example
+
+    random = rows[rows.arm == "random"]
+    category = rows.drop_duplicates("task").set_index("task").category
+    for metric in ("logprob", "decoded"):
+        for cell, control in dict.fromkeys(zip(random.cell, random.control, strict=True)):
+            for task in dict.fromkeys(random.task):
+                key, label = _finetuning_metric(metric, category[task])
+                own, rnd = paired_per_example(rows, task, cell, control, key)
+                yield metric, cell, control, task, label, np.asarray(own, dtype=float) - np.asarray(rnd, dtype=float)
+
+
+def finetuning_seed_points(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each seed's own mean over test examples of task arm − random arm, in the rows and panels of
+    ``finetuning_claims``' per-task forest (columns row, facet, seed_index, estimate): the dots around a CI."""
+    return pd.DataFrame([{"row": task, "facet": f"{label}; {cell}, random {control}", "seed_index": seed,
+                          "estimate": float(per_seed)}
+                         for _, cell, control, task, label, diff in _finetuning_pairs(rows)
+                         for seed, per_seed in enumerate(diff.mean(axis=1))])
+
+
 def finetuning_claims(rows: pd.DataFrame, profile: Profile | str, *, id: str = "A.finetune.task_vs_random"
                       ) -> list[Claim]:
     """Table 2's verdicts from ``neuron_finetuning.table2``'s rows, per metric (the test log-prob and
@@ -224,39 +257,28 @@ def finetuning_claims(rows: pd.DataFrame, profile: Profile | str, *, id: str = "
       spread between training runs and random draws as well as between examples;
     - the tally "holds on at least ⌈2/3⌉ of the tasks", under ``id`` for the cell and control closest
       to the paper (global / all positions / same total) and ``id + ".grid"`` for the others."""
-    from nrnlib.experiments.measures import DECODED_METRIC
-    from nrnlib.experiments.neuron_finetuning import paired_per_example
-
     out: list[Claim] = []
     common = dict(notebook="03_neuron_finetuning", figure="03_table2", profile=profile)
-    random = rows[rows.arm == "random"]
-    tasks = list(dict.fromkeys(random.task))
-    category = rows.drop_duplicates("task").set_index("task").category
-    for metric in ("logprob", "decoded"):
-        for cell, control in dict.fromkeys(zip(random.cell, random.control, strict=True)):
-            per_task = []
-            for task in tasks:
-                key = "logprob" if metric == "logprob" else DECODED_METRIC[category[task]]
-                label = "log-prob" if metric == "logprob" else _DECODED_LABEL[key]
-                own, rnd = paired_per_example(rows, task, cell, control, key)
-                diff = np.asarray(own, dtype=float) - np.asarray(rnd, dtype=float)
-                per_task.append(make_claim(
-                    f"{id}.per_task", paper="A", paper_value="-",
-                    statement=f"training only the task's neurons gives a higher test {label} than training as "
-                              "many random neurons",
-                    statistic=f"mean over seeds and examples of {label}(task arm) - {label}(random arm), paired",
-                    estimate=bootstrap_ci(diff, design="crossed"), threshold=0.0, direction=">",
-                    unit="seeds x test examples", scope=f"{task}; {label}; {cell}, random {control}", **common))
-            paper_cell = cell == PAPER_CELL.name and control == PAPER_CONTROL
-            at_least = _at_least(len(per_task))
-            metric_label = "log-prob" if metric == "logprob" else "calibrated accuracy / ROUGE-L"
-            out += per_task + [tally_claim(
-                id if paper_cell else f"{id}.grid", per_task, at_least, paper="A",
-                paper_value="Table 2: remarkable improvements over random neurons on all tasks but one",
-                statement=f"fine-tuning only the task's neurons beats fine-tuning as many random neurons, on at "
-                          f"least {at_least} of {len(per_task)} tasks",
-                scope=f"{metric_label}; {cell} attribution, random {control}"
-                      + (" (closest to the paper)" if paper_cell else ""), **common)]
+    groups: dict[tuple[str, str, str], list[Claim]] = {}
+    for metric, cell, control, task, label, diff in _finetuning_pairs(rows):
+        groups.setdefault((metric, cell, control), []).append(make_claim(
+            f"{id}.per_task", paper="A", paper_value="-",
+            statement=f"training only the task's neurons gives a higher test {label} than training as "
+                      "many random neurons",
+            statistic=f"mean over seeds and examples of {label}(task arm) - {label}(random arm), paired",
+            estimate=bootstrap_ci(diff, design="crossed"), threshold=0.0, direction=">",
+            unit="seeds x test examples", scope=f"{task}; {label}; {cell}, random {control}", **common))
+    for (metric, cell, control), per_task in groups.items():
+        paper_cell = cell == PAPER_CELL.name and control == PAPER_CONTROL
+        at_least = _at_least(len(per_task))
+        metric_label = "log-prob" if metric == "logprob" else "calibrated accuracy / ROUGE-L"
+        out += per_task + [tally_claim(
+            id if paper_cell else f"{id}.grid", per_task, at_least, paper="A",
+            paper_value="Table 2: remarkable improvements over random neurons on all tasks but one",
+            statement=f"fine-tuning only the task's neurons beats fine-tuning as many random neurons, on at "
+                      f"least {at_least} of {len(per_task)} tasks",
+            scope=f"{metric_label}; {cell} attribution, random {control}"
+                  + (" (closest to the paper)" if paper_cell else ""), **common)]
     return out
 
 

@@ -114,10 +114,12 @@ def test_drops_per_example_and_deactivation_claims_by_hand():
     summary = E.drop_summary(table[table.task == "strong"])
     own_row = summary[(summary.cell == "global/all") & (summary.condition == "task neurons off")].iloc[0]
     assert own_row["drop"] == pytest.approx(np.mean(own)) and own_row.ci_low <= own_row["drop"] <= own_row.ci_high
-    from nrnlib.plots import drop_bars_figure
+    from nrnlib.plots import drop_ratio_figure
 
-    bars = drop_bars_figure(summary, "drops")  # a column named "drop" must not shadow DataFrame.drop
-    assert sum(len(trace.y) for trace in bars.data) == len(summary)
+    ratios = drop_ratio_figure(summary, "drops")  # a column named "drop" must not shadow DataFrame.drop
+    by_panel = {trace.name: dict(zip(trace.x, trace.y, strict=True)) for trace in ratios.data}
+    assert by_panel["global/all, random total"]["strong"] == pytest.approx(np.mean(own) / 0.3)
+    assert sum(len(trace.y) for trace in ratios.data) == len(summary) // 2  # one ratio per (task, panel)
     claims = deactivation_claims(table[table.task == "strong"], "smoke")
     by_scope = {(c.id, c.scope): c for c in claims}
     paper = by_scope[("A.deactivation.ratio.per_task", "strong; global/all, random total")]
@@ -559,3 +561,12 @@ def test_finetuning_claims_by_hand():
     assert lp["flat"].estimate == pytest.approx(np.mean([-0.05, -0.05])) and lp["flat"].verdict == "does not hold"
     tallies = [c for c in claims if c.id == "A.finetune.task_vs_random"]
     assert len(tallies) == 2 and tallies[0].estimate == 1 and tallies[0].verdict == "does not hold"
+    from nrnlib.experiments.verdicts import finetuning_seed_points
+    from nrnlib.plots import claims_forest_figure
+
+    points = finetuning_seed_points(rows)  # each seed's mean over examples, in the claims' rows and panels
+    up = points[(points.row == "up") & points.facet.str.startswith("log-prob")].sort_values("seed_index")
+    assert up.estimate.tolist() == pytest.approx([0.9, 0.6])
+    assert set(points.facet) == {c.scope.split("; ", 1)[1] for c in claims if c.id.endswith("per_task")}
+    fig = claims_forest_figure([c for c in claims if c.id.endswith("per_task")], "t", facet="metric", points=points)
+    assert sum(len(t.x) for t in fig.data if t.name == "one seed") == len(points) == 8

@@ -18,3 +18,28 @@ def test_every_line_of_a_lines_figure_has_its_own_colour(groups):
 def test_palette_refuses_more_groups_than_it_can_tell_apart():
     with pytest.raises(ValueError, match="27 groups"):
         plots.palette(27)
+
+
+def test_heatmap_blank_diagonal_leaves_the_scale_to_the_other_cells():
+    import numpy as np
+
+    from nrnlib.plots import heatmaps_figure
+
+    m = pd.DataFrame([[1.0, 0.2, 0.3], [0.2, 1.0, 0.4], [0.3, 0.4, 1.0]], index=list("abc"), columns=list("abc"))
+    fig = heatmaps_figure({"iou": m}, "t", "IoU", zmin=0, blank_diagonal=True, x_title="x")
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert np.isnan(np.diag(z)).all() and fig.data[0].zmax == 0.4  # the scale ends at the largest off-diagonal
+    assert m.values[0, 0] == 1.0  # the caller's matrix is untouched
+
+
+def test_arm_bars_span_the_seeds_min_to_max():
+    from nrnlib.plots import arm_bars_figure
+
+    rows = pd.DataFrame({"task": ["t"] * 3, "category": ["classification"] * 3, "arm": ["task"] * 3,
+                         "logprob": [-1.0, -2.0, -4.0], "decoded": [0.9, 1.0, 0.95]})
+    fig = arm_bars_figure(rows, {"logprob": "nats", "decoded": "accuracy"}, "t")
+    bars = {t.yaxis: t for t in fig.data}
+    accuracy = next(t for t in bars.values() if t.y[0] == pytest.approx(0.95))
+    assert accuracy.y[0] + accuracy.error_y.array[0] == pytest.approx(1.0)  # the bar ends at the best seed, not past 1
+    logprob = next(t for t in bars.values() if t.y[0] == pytest.approx(-7 / 3))
+    assert logprob.y[0] - logprob.error_y.arrayminus[0] == pytest.approx(-4.0)
