@@ -130,6 +130,14 @@ plots.save_figure(fig, "01_depth_heatmap", width=1200, height=500)
 fig
 
 # %% [markdown]
+# **Reading (the committed `standard` run).** The plain sets are front-loaded: block 1 alone gives
+# 23–50% of its 1,536 neurons to every task's set (uniform would be 10%), and blocks 23–30 hold only
+# 5–10% of each set. That is the mark of generally important neurons, which every task's top-k picks.
+# The specific sets spread out, and three generation tasks move deep: blocks 23–30 hold 59%
+# (reverse_dictionary), 46% (definition) and 42% (headline_generation) of their sets, against 8% for
+# antonym and word_polarity.
+
+# %% [markdown]
 # ## How much do tasks share?
 # Intersection over union of the task-neuron sets, task × task. Two random sets of 10% have an
 # expected IoU of $k/(2-k) \approx 0.053$.
@@ -141,6 +149,12 @@ fig = plots.heatmaps_figure({f"{sel} top-{K:.0%}": m for sel, m in ious.items()}
                             "IoU", zmin=0, blank_diagonal=True)
 plots.save_figure(fig, "01_iou_heatmap", width=1200, height=550)
 fig
+
+# %% [markdown]
+# **Reading (the committed `standard` run).** Plain sets of two different tasks share a lot: IoU
+# 0.21–0.52, mean 0.30, six times the 0.053 of two random sets. The largest pair is news_topic ×
+# headline_topic (0.52), two tasks with the same labels. The specific selection removes most of the
+# sharing (mean 0.022); the same pair stays the largest (0.17).
 
 # %% [markdown]
 # ## Stability: the sets found on two disjoint halves of the data
@@ -155,6 +169,12 @@ fig = plots.lines_figure(stability, "examples_per_half", "iou", "task", f"Set st
                          labels={"examples_per_half": "attribution examples per half", "iou": "IoU"})
 plots.save_figure(fig, "01_stability", width=1100, height=450)
 fig
+
+# %% [markdown]
+# **Reading (the committed `standard` run).** Every curve is far above the random line and still
+# rising at 32 examples per half: plain sets agree 0.73 on average (0.59 for trivia_qa to 0.93 for
+# word_polarity), specific sets 0.50. The sets are a property of the task, but 64 examples do not pin
+# them down completely; the specific sets, built from differences between tasks, are noisier.
 
 # %% [markdown]
 # ## Does attribution predict ablation?
@@ -178,6 +198,12 @@ fig
 # %%
 ablation = experiments.ablation_claims(check_summary, profile)
 check_summary.round(3)
+
+# %% [markdown]
+# **Reading (the committed `standard` run).** The points lie on $y = x$ over several decades: Spearman's
+# ρ is 0.93–0.99 on the four tasks, and the median ratio measured / estimated is 0.99–1.00. Zeroing one
+# neuron is a small change, so the first-order estimate is close to exact here. This says nothing yet
+# about zeroing 10% of the neurons at once (notebook 02), where the effects are no longer small.
 
 # %% [markdown]
 # ## The null model: what does the architecture alone produce?
@@ -213,6 +239,14 @@ fig = plots.claims_forest_figure(side_by_side, "Trained model and null model, cl
                                  row="scope", x_title="statistic (see each claim's rule)")
 plots.save_figure(fig, "01_null_model", width=1100, height=550)
 fig
+
+# %% [markdown]
+# **Reading (the committed `standard` run).** Every rule that holds on the trained model also holds
+# on the random-init model, and often more strongly: its plain sets are more stable (0.85 against
+# 0.73), two tasks' plain sets overlap more (0.58 against 0.30), and attribution predicts ablation
+# perfectly (ρ = 1.00). Stable sets and a good first-order estimate come with the architecture and the
+# inputs; they are not evidence of learned task neurons. What the trained model adds is *less*
+# sharing between tasks, which is where task specificity would show.
 
 # %% [markdown]
 # ## Claims checked on these numbers
