@@ -96,6 +96,9 @@ pd.concat({shown: experiments.answers_by_shots(model, shown, shots=(0, profile.s
 # ## Zero-shot and few-shot scores against chance
 # Few-shot demonstrations are earlier chat turns drawn from the task's train split (never the test split).
 # Chance is the majority-class rate among the scored test examples for classification and 0 for generation.
+# What to look at in the figure: for each classification task, the pale bar (plain argmax over the label
+# words) against the dark bar beside it (the same log-probabilities after Batch Calibration), both against
+# the black chance mark.
 
 # %%
 table = experiments.zero_and_few_shot_table(model, profile, profile.task_names())
@@ -109,7 +112,8 @@ plots.save_figure(fig, "00_zero_few_shot")
 fig
 
 # %% [markdown]
-# **Reading (the committed `standard` run).** With the plain argmax no classification task is more
+# **Reading (the committed `standard` run).** Pale bars are the plain argmax, dark bars the same answers
+# after Batch Calibration (classification only). With the plain argmax no classification task is more
 # than 0.10 above chance in either setting: on five of the six one label takes 97-100% of the zero-shot
 # answers. Batch Calibration changes the picture: `wordnet_category` goes from 0.10 to 0.62 zero-shot
 # (chance 0.22), `word_polarity` from 0.47 to 0.72 (chance 0.53), `news_topic` to 0.57 with two

@@ -127,12 +127,27 @@ def save_figure(fig: go.Figure, name: str, formats: Sequence[str] | None = None,
 def task_scores_figure(table: pd.DataFrame, title: str) -> go.Figure:
     """Grouped bars of each task's primary metric per setting, with the chance level as a marker.
 
-    ``table`` columns: task, category, setting, primary, chance.
+    ``table`` columns: task, category, setting, primary, chance, and optionally calibrated_accuracy: then
+    each classification task gets a second bar per setting, "<setting>, calibrated" (Batch Calibration,
+    notebook 00), in a darker shade of the setting's colour, so plain and calibrated accuracy sit side by side.
     """
-    fig = px.bar(table, x="task", y="primary", color="setting", barmode="group", facet_col="category",
+    settings = list(dict.fromkeys(table.setting))
+    bars = table.assign(shown=table.setting)
+    if "calibrated_accuracy" in table:
+        calibrated = table[table.category == "classification"]
+        calibrated = calibrated.assign(primary=calibrated.calibrated_accuracy,
+                                       shown=calibrated.setting + ", calibrated")
+        bars = pd.concat([bars, calibrated], ignore_index=True)
+    order = [name for setting in settings for name in (setting, f"{setting}, calibrated")]
+    light, dark = px.colors.qualitative.Pastel1, px.colors.qualitative.Set1
+    colours = {name: (dark if name.endswith("calibrated") else light)[settings.index(name.split(",")[0]) % len(dark)]
+               for name in order}
+    fig = px.bar(bars, x="task", y="primary", color="shown", barmode="group", facet_col="category",
+                 category_orders={"shown": [n for n in order if n in set(bars.shown)]}, color_discrete_map=colours,
                  facet_col_spacing=0.06, template=TEMPLATE, title=title,
                  labels={"primary": "accuracy (classification) / ROUGE-L (generation)", "task": ""})
     fig.update_xaxes(matches=None, tickangle=-30)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))  # "classification", not "category=…"
     for i, category in enumerate(["classification", "generation"], start=1):
         part = table[(table.category == category)].drop_duplicates("task")
         fig.add_trace(go.Scatter(x=part.task, y=part.chance, mode="markers", name="chance" if i == 1 else None,

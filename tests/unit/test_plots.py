@@ -43,3 +43,22 @@ def test_arm_bars_span_the_seeds_min_to_max():
     assert accuracy.y[0] + accuracy.error_y.array[0] == pytest.approx(1.0)  # the bar ends at the best seed, not past 1
     logprob = next(t for t in bars.values() if t.y[0] == pytest.approx(-7 / 3))
     assert logprob.y[0] - logprob.error_y.arrayminus[0] == pytest.approx(-4.0)
+
+
+def test_task_scores_show_calibrated_accuracy_beside_plain_for_classification_only():
+    table = pd.DataFrame([
+        {"task": "pol", "category": "classification", "setting": s, "primary": acc, "chance": 0.5,
+         "calibrated_accuracy": cal}
+        for s, acc, cal in [("zero-shot", 0.4, 0.7), ("2-shot", 0.45, 0.75)]
+    ] + [
+        {"task": "ant", "category": "generation", "setting": s, "primary": r, "chance": 0.0,
+         "calibrated_accuracy": float("nan")}
+        for s, r in [("zero-shot", 0.02), ("2-shot", 0.07)]
+    ])
+    fig = plots.task_scores_figure(table, "t")
+    bars = {(trace.name, x): y for trace in fig.data if trace.type == "bar" for x, y in zip(trace.x, trace.y, strict=True)}
+    assert bars == {("zero-shot", "pol"): 0.4, ("2-shot", "pol"): 0.45, ("zero-shot", "ant"): 0.02,
+                    ("2-shot", "ant"): 0.07, ("zero-shot, calibrated", "pol"): 0.7,
+                    ("2-shot, calibrated", "pol"): 0.75}
+    colours = {trace.name: trace.marker.color for trace in fig.data if trace.type == "bar"}
+    assert len(set(colours.values())) == 4
