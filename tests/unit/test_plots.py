@@ -56,7 +56,8 @@ def test_task_scores_show_calibrated_accuracy_beside_plain_for_classification_on
         for s, r in [("zero-shot", 0.02), ("2-shot", 0.07)]
     ])
     fig = plots.task_scores_figure(table, "t")
-    bars = {(trace.name, x): y for trace in fig.data if trace.type == "bar" for x, y in zip(trace.x, trace.y, strict=True)}
+    bars = {(trace.name, x): y for trace in fig.data if trace.type == "bar"
+            for x, y in zip(trace.x, trace.y, strict=True)}
     assert bars == {("zero-shot", "pol"): 0.4, ("2-shot", "pol"): 0.45, ("zero-shot", "ant"): 0.02,
                     ("2-shot", "ant"): 0.07, ("zero-shot, calibrated", "pol"): 0.7,
                     ("2-shot, calibrated", "pol"): 0.75}
