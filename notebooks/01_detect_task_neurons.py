@@ -20,6 +20,15 @@
 # removal would hurt one task much more than others. It scores every neuron by a first-order
 # estimate of how much the task's loss would change if the neuron were switched off.
 #
+# **Objectives.** After this notebook you can (1) write gradient × activation attribution for one layer
+# in ten lines of plain TransformerLens (a forward hook and `torch.autograd.grad`) and check it against
+# `nrnlib.attribute`, (2) select a task's top-10%
+# set globally and per layer, and a specificity-aware set, (3) judge a set by where it sits in depth, how
+# much it shares with other tasks and how stable it is across disjoint halves of the data, with CIs,
+# (4) test whether the first-order estimate predicts the measured effect of zeroing one neuron, and
+# (5) compare everything with a null model of random weights, which tells what the architecture alone
+# produces.
+#
 # **Relevance.** For neuron $j$ of layer $l$ with output $\omega^l_j$ (at the hook
 # `blocks.{l}.mlp.hook_post`, the input of the down projection) and the task loss $L$ (mean
 # cross-entropy over the answer tokens of one example), zeroing the neuron at every position changes
