@@ -131,7 +131,7 @@ class Profile:
 
 
 # Minutes per notebook on this project's 2-core CPU machine, uncached: smoke measured; standard 00 measured
-# at 57 min (3,408 s with other work on the machine; 3,373 s of scoring summed) and 01 at 7 min (426 s;
+# at 16 min (971 s on one thread with a cold cache, from clean commit 76071e1; 57 min at 068c490) and 01 at 7 min (426 s;
 # 352 s of attribution) with the store (commit 068c490 / 810848a); standard 02 over the grid measured at
 # 67 min (4,002 s from a clean clone at f7e936f, attribution included); 01 with the ablation check and
 # the null model measured at 29 min (1,741 s at a0b7447, with 02's attribution in the cache); 03 on the
@@ -142,7 +142,7 @@ class Profile:
 _SMOKE_MINUTES = {"00": 1.5, "01": 1.8, "02": 2.0, "03": 2.0, "04": 2.0, "05": 1.5, "06": 1.5, "07": 1.5}
 # measured end to end (06 at 138 min from clean commit 80e605f), except 04: its first three joint runs took 6-17 min
 # each on one thread (48 runs: about 400 thread-minutes, 200 on 2 cores; stage_cost.py had estimated 125)
-_STANDARD_MINUTES = {"00": 57, "01": 29, "02": 67, "03": 96, "04": 200, "05": 118, "06": 138, "07": 70}
+_STANDARD_MINUTES = {"00": 16, "01": 29, "02": 67, "03": 96, "04": 200, "05": 118, "06": 138, "07": 70}
 
 PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
