@@ -10,7 +10,8 @@ preference for one label word (no gold labels are used).
 Generation: teacher-forced ``answer_logprob`` (mean over examples of the summed log-prob of the
 answer tokens, end-of-turn included) and ``token_accuracy`` (argmax equals the answer token);
 greedy decoding with ``exact_match`` (after normalisation) and ``rougeL`` (F1, ``rouge_score``).
-The primary metric is accuracy for classification and ROUGE-L for generation.
+The primary metric is accuracy for classification and ROUGE-L for generation. The teacher-forced
+passes run each batch's common prompt prefix once (``losses.final_hidden``, ``share_prefix``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def classify_batch(
     model, batch: EncodedBatch, label_ids: Int[Tensor, " n_labels"]
 ) -> tuple[Int[Tensor, " batch"], Float[Tensor, "batch n_labels"]]:
     """Predicted label index (argmax over label logits) and full-vocabulary label log-probs."""
-    logprobs = last_prompt_logits(model, batch).log_softmax(-1)[:, label_ids]
+    logprobs = last_prompt_logits(model, batch, share_prefix=True).log_softmax(-1)[:, label_ids]
     return logprobs.argmax(-1), logprobs
 
 
@@ -95,7 +96,7 @@ def teacher_forced_batch(
     model, batch: EncodedBatch
 ) -> tuple[Float[Tensor, " batch"], Int[Tensor, " batch"], Int[Tensor, " batch"]]:
     """Per example: summed answer log-prob, number of answer tokens, number predicted correctly."""
-    logits = answer_token_logits(model, batch)
+    logits = answer_token_logits(model, batch, share_prefix=True)
     targets = batch.input_ids[batch.target_mask]
     token_lp = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
     correct = (logits.argmax(-1) == targets).long()

@@ -222,7 +222,7 @@ class Trainer:
 
     def step(self, batch: encoding.EncodedBatch, total: int | None = None) -> float:
         """One optimizer step on ``batch``; returns the loss (a float, one host sync)."""
-        loss = losses.answer_loss(self.model, batch)
+        loss = losses.answer_loss(self.model, batch, share_prefix=True)  # the prompts' common prefix once
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         value = float(loss.detach())  # one host sync per step, after the backward is queued

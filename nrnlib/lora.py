@@ -239,7 +239,7 @@ class LoraTrainer:
         self.steps = 0
 
     def step(self, batch: encoding.EncodedBatch, total: int | None = None) -> float:
-        loss = losses.answer_loss(self.model, batch)
+        loss = losses.answer_loss(self.model, batch, share_prefix=True)  # the prompts' common prefix once
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         value = float(loss.detach())

@@ -5,6 +5,15 @@ The vocabulary projection is applied only at the positions that predict an answe
 the last prompt token), so a batch never materializes ``[batch, seq, vocab]`` logits.
 The forward runs through the Hugging Face modules that the TransformerBridge wraps in place, so
 every TransformerLens hook (``blocks.{l}.mlp.hook_post``, ...) fires as in ``model(...)``.
+
+**Shared prompt prefix** (``share_prefix=True``, for scoring without gradients): the prompts of one
+task begin with the same chat template and instruction (36-48 tokens of our tasks' 56-177). When
+every row of a batch starts with the same ``P`` tokens, the prefix runs once (batch 1), its keys
+and values are repeated over the batch, and only the ``T − P`` remaining positions run per row. A
+causal model's states at a position depend only on the positions before it, so the result equals
+the full forward up to floating-point summation order (tests/unit/test_losses.py); with dropout
+active (training mode, a rate above 0: GPT-2, not SmolLM2) every row runs in full. Hooks fire twice
+per module (prefix, then the rest), so callers that record activations per position must not use it.
 """
 
 from __future__ import annotations
@@ -15,47 +24,83 @@ from torch import Tensor
 
 from nrnlib.encoding import EncodedBatch
 
+MIN_SHARED_PREFIX = 8  # shorter common prefixes run with the rest (the second pass's overhead outweighs them)
 
-def final_hidden(model, batch: EncodedBatch) -> Float[Tensor, "batch seq d_model"]:
-    """Residual stream after the final norm, at every position."""
+
+def shared_prefix_length(batch: EncodedBatch) -> int:
+    """``P``: the number of leading positions where every row holds the same (attended) token,
+    at most ``T − 1`` so that every row keeps at least one position of its own."""
+    ids = batch.input_ids
+    same = (ids == ids[:1]).all(0) & batch.attention_mask.all(0)
+    return min(int(same.long().cumprod(0).sum()), ids.shape[1] - 1)
+
+
+def dropout_active(model) -> bool:
+    """True when the forward is random: the model in training mode with a dropout probability above 0
+    (a ``Dropout`` module, or a ``*dropout``/``*pdrop`` setting of the config applied functionally)."""
     hf = model.original_model
-    out = hf.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long())
-    return out.last_hidden_state
+    if not hf.training:
+        return False
+    config = getattr(hf, "config", None)
+    rates = [v for k, v in vars(config).items() if k.endswith(("dropout", "pdrop"))] if config is not None else []
+    return (any(isinstance(v, (int, float)) and v > 0 for v in rates)
+            or any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in hf.modules()))
+
+
+def final_hidden(model, batch: EncodedBatch, share_prefix: bool = False) -> Float[Tensor, "batch seq d_model"]:
+    """Residual stream after the final norm, at every position; ``share_prefix`` runs a common
+    prompt prefix once (module docstring), unless dropout is active (the rows would then share one
+    dropout mask on the prefix)."""
+    base = model.original_model.base_model
+    n_shared = shared_prefix_length(batch) if share_prefix and len(batch) > 1 and not dropout_active(model) else 0
+    if n_shared < MIN_SHARED_PREFIX:
+        return base(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long()).last_hidden_state
+    prefix = base(input_ids=batch.input_ids[:1, :n_shared], attention_mask=batch.attention_mask[:1, :n_shared].long(),
+                  use_cache=True)
+    cache = prefix.past_key_values
+    cache.batch_repeat_interleave(len(batch))
+    rest = base(input_ids=batch.input_ids[:, n_shared:], attention_mask=batch.attention_mask.long(),
+                past_key_values=cache, use_cache=True).last_hidden_state
+    return torch.cat([prefix.last_hidden_state.expand(len(batch), -1, -1), rest], dim=1)
 
 
 def unembed(model, hidden: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
     return model.original_model.get_output_embeddings()(hidden)
 
 
-def last_prompt_logits(model, batch: EncodedBatch) -> Float[Tensor, "batch vocab"]:
+def last_prompt_logits(model, batch: EncodedBatch, share_prefix: bool = False) -> Float[Tensor, "batch vocab"]:
     """Logits at the last prompt token: the distribution of the first answer token (fp32)."""
-    hidden = final_hidden(model, batch)
+    hidden = final_hidden(model, batch, share_prefix)
     rows = torch.arange(len(batch), device=hidden.device)
     return unembed(model, hidden[rows, batch.last_prompt_index]).float()
 
 
-def answer_token_logits(model, batch: EncodedBatch) -> Float[Tensor, "n_answer vocab"]:
+def answer_token_logits(model, batch: EncodedBatch, share_prefix: bool = False) -> Float[Tensor, "n_answer vocab"]:
     """Logits predicting each answer token, in ``target_mask.nonzero()`` order (fp32)."""
-    hidden = final_hidden(model, batch)
+    hidden = final_hidden(model, batch, share_prefix)
     b, t = batch.target_mask.nonzero(as_tuple=True)
     return unembed(model, hidden[b, t - 1]).float()
 
 
-def answer_token_logprobs(model, batch: EncodedBatch) -> Float[Tensor, " n_answer"]:
+def answer_token_logprobs(model, batch: EncodedBatch, share_prefix: bool = False) -> Float[Tensor, " n_answer"]:
     """``log p(answer_t | prompt, answer_<t)`` for every answer token of the batch."""
-    logits = answer_token_logits(model, batch)
+    logits = answer_token_logits(model, batch, share_prefix)
     targets = batch.input_ids[batch.target_mask]
     return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
-def answer_loss(model, batch: EncodedBatch) -> Float[Tensor, ""]:
-    """Mean cross-entropy over the answer tokens of the batch (the loss of Paper A's attribution)."""
+def answer_loss(model, batch: EncodedBatch, share_prefix: bool = False) -> Float[Tensor, ""]:
+    """Mean cross-entropy over the answer tokens of the batch (the loss of Paper A's attribution).
+
+    With ``share_prefix`` the common prompt prefix runs once and its states are broadcast over the
+    rows; the backward sums the rows' gradients into it, so the gradient equals the full forward's
+    (the prefix's states are the same function of the weights in every row)."""
     if batch.n_answer_tokens == 0:
         raise ValueError("The batch has no answer tokens: encode it with with_answers=True")
-    return -answer_token_logprobs(model, batch).mean()
+    return -answer_token_logprobs(model, batch, share_prefix).mean()
 
 
-def per_example_loss(model, batch: EncodedBatch) -> Float[Tensor, " batch"]:
+def per_example_loss(model, batch: EncodedBatch, share_prefix: bool = False) -> Float[Tensor, " batch"]:
     """Mean cross-entropy over each example's answer tokens: ``L_b = -mean_t log p(y_bt | y_b<t, x_b)``.
 
     Attribution differentiates ``Σ_b L_b``, so an example's gradient never depends on the other
@@ -64,7 +109,7 @@ def per_example_loss(model, batch: EncodedBatch) -> Float[Tensor, " batch"]:
     n_answer = batch.target_mask.sum(dim=1)
     if bool((n_answer == 0).any()):
         raise ValueError("Every example needs at least one answer token: encode with with_answers=True")
-    logp = answer_token_logprobs(model, batch)  # in target_mask.nonzero() order
+    logp = answer_token_logprobs(model, batch, share_prefix)  # in target_mask.nonzero() order
     rows = batch.target_mask.nonzero(as_tuple=True)[0]
     nll = torch.zeros(len(batch), dtype=logp.dtype, device=logp.device).index_add(0, rows, -logp)
     return nll / n_answer.to(nll.device, nll.dtype)

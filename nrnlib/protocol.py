@@ -7,7 +7,7 @@ the learning rate chosen per arm type on dev, loss curves as data, every arm cac
   uses the rest (the first ``n_train`` of it). Dev examples are never trained on.
 - **Dev loss**: ``D = (1/|T|) Σ_tasks (1/n_dev) Σ_dev L_b``, the mean over tasks of the mean
   per-example answer loss ``L_b = −mean_t log p(y_bt | y_b<t, x_b)`` (``losses.per_example_loss``),
-  without gradients, in eval mode.
+  without gradients, in eval mode (each batch's common prompt prefix run once: ``losses.final_hidden``).
 - **Convergence** (``train_to_convergence``): ``D`` at step 0 and every ``eval_every`` steps (and at
   the last step); stop when the last ``patience`` evaluations did not improve on the best before
   them by more than ``min_delta`` (``should_stop``, a pure function), or at ``max_steps``, or when the
@@ -154,7 +154,7 @@ def dev_loss(model, dev_batches: Sequence[Sequence[encoding.EncodedBatch]]) -> f
     with eval_mode(model):
         per_task = []
         for batches in dev_batches:
-            values = torch.cat([losses.per_example_loss(model, b).double().cpu() for b in batches])
+            values = torch.cat([losses.per_example_loss(model, b, share_prefix=True).double().cpu() for b in batches])
             per_task.append(float(values.mean()))
     return sum(per_task) / len(per_task)
 

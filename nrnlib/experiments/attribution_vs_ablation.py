@@ -114,13 +114,14 @@ def per_example_losses(
     model, task: Task, examples: Sequence[dict], batch_size: int, neurons: NeuronSet | None = None,
 ) -> Float[Tensor, " n"]:
     """``L_b`` for every example (``losses.per_example_loss``), with ``neurons`` zeroed at every
-    position through ``deactivate`` (activation mode) when given; float64 on CPU."""
+    position through ``deactivate`` (activation mode) when given; float64 on CPU. Each batch's
+    common prompt prefix runs once (``losses.final_hidden``; the zeroing hook fires on it too)."""
     device = next(iter(model.parameters())).device
     out = []
     with eval_mode(model):
         with deactivate(model, neurons) if neurons is not None else contextlib.nullcontext():
             for batch in encoding.batches(model, task, examples, batch_size):
-                out.append(losses.per_example_loss(model, batch.to(device)).double().cpu())
+                out.append(losses.per_example_loss(model, batch.to(device), share_prefix=True).double().cpu())
     return torch.cat(out)
 
 

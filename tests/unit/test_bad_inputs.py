@@ -187,9 +187,9 @@ def test_finetune_stops_at_a_non_finite_loss_before_training_on_it(model, parity
     start = _snapshot(model)
     real, calls = nrnlib.losses.answer_loss, []
 
-    def nan_at_step_2(m, batch):
+    def nan_at_step_2(m, batch, **kw):
         calls.append(1)
-        loss = real(m, batch)
+        loss = real(m, batch, **kw)
         return loss * math.nan if len(calls) == 2 else loss
 
     monkeypatch.setattr(nrnlib.losses, "answer_loss", nan_at_step_2)
@@ -210,7 +210,7 @@ def test_finetune_nan_loss_applies_no_update(model, parity_task, monkeypatch):
     """A NaN loss at step 1: the model is exactly as before (no update trained on NaN)."""
     snap = _snapshot(model)
     real = nrnlib.losses.answer_loss
-    monkeypatch.setattr(nrnlib.losses, "answer_loss", lambda m, b: real(m, b) * math.inf)
+    monkeypatch.setattr(nrnlib.losses, "answer_loss", lambda m, b, **kw: real(m, b, **kw) * math.inf)
     with pytest.raises(NonFiniteLossError, match="step 1 of 3"):
         finetune(model, parity_task, steps=3, lr=1e-2, weight_decay=0.1, progress=False)
     assert _unchanged(model, snap)

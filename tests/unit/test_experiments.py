@@ -348,8 +348,10 @@ def test_lbl_plan_counts_the_tokens_the_trainer_and_the_reader_run(tiny_model, m
                       n_read=5, cost=cost).set_index("model")
     trained, read = [], []
     answer_loss, final_hidden = losses.answer_loss, losses.final_hidden
-    monkeypatch.setattr(losses, "answer_loss", lambda m, b: trained.append(b.input_ids.numel()) or answer_loss(m, b))
-    monkeypatch.setattr(losses, "final_hidden", lambda m, b: read.append(b.input_ids.numel()) or final_hidden(m, b))
+    monkeypatch.setattr(losses, "answer_loss",
+                        lambda m, b, *a, **k: trained.append(b.input_ids.numel()) or answer_loss(m, b, *a, **k))
+    monkeypatch.setattr(losses, "final_hidden",
+                        lambda m, b, *a, **k: read.append(b.input_ids.numel()) or final_hidden(m, b, *a, **k))
     for name, run_tasks, seed in (("E", tasks, 0), ("ceiling:antonym", ["antonym"], 1)):
         trained.clear()
         with restored_after(tiny_model):

@@ -63,10 +63,10 @@ def test_dev_examples_are_never_trained_on(model, task, monkeypatch):
     dev_rows = {tuple(p + a) for p, a in _encode_items(model, [(task, ex) for ex in split.dev])}
     seen, real = [], losses.answer_loss
 
-    def spy(m, batch):
+    def spy(m, batch, **kw):
         for ids, keep in zip(batch.input_ids.tolist(), batch.attention_mask.tolist(), strict=True):
             seen.append(tuple(i for i, k in zip(ids, keep, strict=True) if k))
-        return real(m, batch)
+        return real(m, batch, **kw)
 
     monkeypatch.setattr(losses, "answer_loss", spy)
     P.train_to_convergence(model, task, replace(PROTOCOL, patience=99), lr=1e-3, neurons=_neurons(model))

@@ -148,9 +148,9 @@ def test_sparse_run_interrupted_by_a_nan_loss_leaves_the_plain_model(model, pari
     layout, start = _layout(model), [p.detach().clone() for p in model.parameters()]
     real, calls = losses.answer_loss, []
 
-    def nan_at_step_3(m, batch):
+    def nan_at_step_3(m, batch, **kw):
         calls.append(1)
-        return real(m, batch) * (math.nan if len(calls) == 3 else 1.0)
+        return real(m, batch, **kw) * (math.nan if len(calls) == 3 else 1.0)
 
     monkeypatch.setattr(losses, "answer_loss", nan_at_step_3)
     with pytest.raises(NonFiniteLossError, match="step 3 of 4"):
