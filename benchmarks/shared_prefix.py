@@ -56,6 +56,11 @@ class _Sharing:
         losses.final_hidden = self.real
 
 
+def _logprob(score) -> float:
+    """The teacher-forced metric: the gold label's log-prob (classification) or the answer's (generation)."""
+    return float(score.metrics["label_logprob" if score.category == "classification" else "answer_logprob"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="standard")
@@ -88,12 +93,12 @@ def main() -> None:
                 loss = losses.answer_loss(model, batch, share_prefix=True)
                 loss.backward()
             model.zero_grad(set_to_none=True)
-            values["step"].setdefault(on, []).append(float(loss))
+            values["step"].setdefault(on, []).append(loss.item())
 
         def score():
             with _Sharing(on):
-                values["score"][on] = [evaluate(model, t, n=profile.n_generalization_eval, decode=False,
-                                                progress=False).primary for t in scored]
+                values["score"][on] = [_logprob(evaluate(model, t, n=profile.n_generalization_eval, decode=False,
+                                                         progress=False)) for t in scored]
 
         return {f"dev_loss/{on}": dev_eval, f"train_step/{on}": step, f"score_12_tasks/{on}": score}
 

@@ -133,15 +133,15 @@ class Profile:
 # Minutes per notebook on this project's 2-core CPU machine, uncached: smoke measured; standard 00 measured
 # at 16 min (971 s on one thread with a cold cache, from clean commit 76071e1; 57 min at 068c490); 01 with
 # the ablation check and the null model at 41 min (2,479 s on one thread with a cold cache, from clean
-# commit 98a5601); standard 02 over the grid measured at 67 min (4,002 s from a clean clone at f7e936f,
-# attribution included); 03 on the protocol measured at 96 min on 2 cores; 07 on LoRA at 6 epochs measured
-# end to end at 70 min (4,224 s on 2 cores, its models shared over two single-threaded processes, from clean
-# commit 7afbb12; at 3 epochs it took 72 min on one thread); 05 at 118 min (7,107 s on one thread, from
-# clean commit 342dfc3).
+# commit 98a5601); 02 over the grid at 49 min (2,943 s on 2 cores from clean commit cac7baa, attribution
+# included; 67 min at f7e936f); 03 on the protocol measured at 96 min on 2 cores; 07 on LoRA at 6 epochs
+# measured end to end at 70 min (4,224 s on 2 cores, its models shared over two single-threaded processes,
+# from clean commit 7afbb12; at 3 epochs it took 72 min on one thread); 05 at 118 min (7,107 s on one
+# thread, from clean commit 342dfc3).
 _SMOKE_MINUTES = {"00": 1.5, "01": 1.8, "02": 2.0, "03": 2.0, "04": 2.0, "05": 1.5, "06": 1.5, "07": 1.5}
 # measured end to end (06 at 138 min from clean commit 80e605f), except 04: its first three joint runs took 6-17 min
 # each on one thread (48 runs: about 400 thread-minutes, 200 on 2 cores; stage_cost.py had estimated 125)
-_STANDARD_MINUTES = {"00": 16, "01": 41, "02": 67, "03": 96, "04": 200, "05": 118, "06": 138, "07": 70}
+_STANDARD_MINUTES = {"00": 16, "01": 41, "02": 49, "03": 96, "04": 200, "05": 118, "06": 138, "07": 70}
 
 PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
