@@ -8,7 +8,7 @@ timed interleaved (``bench_common.interleaved``) on the same batches:
 - **one training step** (forward + backward of ``losses.answer_loss`` on a batch of
   ``finetune_batch_size`` examples from the three tasks' mixed stream; no optimizer, so both
   variants see the same weights);
-- **scoring** the first ``n_generalization_eval`` test examples of every task without decoding
+- **scoring** the first ``n_generalization_eval`` test examples of every task (or ``--score-tasks``) without decoding
   (``evaluate(..., decode=False)``: classification's label log-probs, generation's teacher-forced
   answer log-probs), what every protocol arm's measurement runs besides greedy decoding.
 
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--profile", default="standard")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--score-tasks", nargs="*", default=None, help="tasks scored (default: all 12)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,7 +78,7 @@ def main() -> None:
     stream = batch_stream(model, _encode_items(model, [(s.task, ex) for s in splits for ex in s.train]),
                           profile.finetune_batch_size, 0)
     train_batches = [next(stream) for _ in range(args.repeats + 1)]
-    scored = [get_task(t) for t in profile.generalization_task_names()]
+    scored = [get_task(t) for t in (args.score_tasks or profile.generalization_task_names())]
     values: dict[str, dict[bool, list[float]]] = {"dev": {}, "step": {}, "score": {}}
 
     def contenders(on: bool) -> dict:
@@ -100,16 +101,16 @@ def main() -> None:
                 values["score"][on] = [_logprob(evaluate(model, t, n=profile.n_generalization_eval, decode=False,
                                                          progress=False)) for t in scored]
 
-        return {f"dev_loss/{on}": dev_eval, f"train_step/{on}": step, f"score_12_tasks/{on}": score}
+        return {f"dev_loss/{on}": dev_eval, f"train_step/{on}": step, f"score/{on}": score}
 
     times = interleaved({**contenders(False), **contenders(True)}, args.repeats)
     seconds = {name: summary(s) for name, s in times.items()}
     ratio = {what: seconds[f"{what}/False"]["median_s"] / seconds[f"{what}/True"]["median_s"]
-             for what in ("dev_loss", "train_step", "score_12_tasks")}
+             for what in ("dev_loss", "train_step", "score")}
     largest = {k: max(abs(a - b) for a, b in zip(v[False], v[True], strict=True)) for k, v in values.items()}
     result = {"machine": {**machine_info(), "threads": args.threads}, "profile": profile.name,
               "dev_tasks": list(GENERATION_JOINT), "dev_examples_per_task": [len(s.dev) for s in splits],
-              "train_batch": profile.finetune_batch_size, "scored_tasks": len(scored),
+              "train_batch": profile.finetune_batch_size, "scored_tasks": [t.name for t in scored],
               "seconds": seconds, "speedup_plain_over_shared": ratio, "largest_value_difference": largest}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
