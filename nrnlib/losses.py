@@ -6,12 +6,13 @@ the last prompt token), so a batch never materializes ``[batch, seq, vocab]`` lo
 The forward runs through the Hugging Face modules that the TransformerBridge wraps in place, so
 every TransformerLens hook (``blocks.{l}.mlp.hook_post``, ...) fires as in ``model(...)``.
 
-**Shared prompt prefix** (``share_prefix=True``, for scoring without gradients): the prompts of one
+**Shared prompt prefix** (``share_prefix=True``: scoring, the dev loss and training steps): the prompts of one
 task begin with the same chat template and instruction (36-48 tokens of our tasks' 56-177). When
 every row of a batch starts with the same ``P`` tokens, the prefix runs once (batch 1), its keys
 and values are repeated over the batch, and only the ``T − P`` remaining positions run per row. A
 causal model's states at a position depend only on the positions before it, so the result equals
-the full forward up to floating-point summation order (tests/unit/test_losses.py); with dropout
+the full forward up to floating-point summation order, and so does its gradient: the backward sums
+the rows' gradients into the one prefix (tests/unit/test_losses.py); with dropout
 active (training mode, a rate above 0: GPT-2, not SmolLM2) every row runs in full. Hooks fire twice
 per module (prefix, then the rest), so callers that record activations per position must not use it.
 """
