@@ -49,12 +49,11 @@ from nrnlib import experiments, plots
 from nrnlib.claims import claims_table, describe
 from nrnlib.models import load_model
 from nrnlib.profiles import get_profile
-from nrnlib.protocol import Protocol
 from nrnlib.store import save_results
 from nrnlib.tasks import get_task
 
 profile = get_profile(PROFILE)
-protocol = Protocol.from_profile(profile, max_steps=profile.generalization_max_steps or profile.max_steps)
+protocol = experiments.sweep_protocol(profile)
 tasks = profile.generalization_task_names()
 joint_seeds, individual_seeds = profile.sweep_seeds()
 categories = {cat: [t for t in tasks if get_task(t).role == "train" and get_task(t).category == cat]
@@ -64,7 +63,7 @@ n_test = min(profile.n_generalization_eval, *(len(get_task(t).test) for t in tas
 print(f"profile {profile.name}: training tasks {categories}; test tasks {tasks}; proportions "
       f"{list(profile.proportions)} (joint), {list(profile.individual_proportions)} (individual); seeds "
       f"{list(joint_seeds)} (joint), {list(individual_seeds)} (individual); {n_test} test examples per task; runs of "
-      f"at most {protocol.max_steps} steps")
+      f"at most {protocol.max_steps} steps, {protocol.dev_size} dev examples per task, one task per step")
 started = time.perf_counter()
 model = load_model(MODEL)
 
@@ -116,7 +115,10 @@ for cat, train in categories.items():
 # ## 3. The sweep
 # Joint training per category at every proportion, and each training task alone at a few. Every
 # (mode, category or task, $p$, seed) is one cached run on the protocol: an interrupted sweep resumes
-# at the next run. One learning rate for the whole sweep, chosen on dev at $p$ = 10%.
+# at the next run. One learning rate for the whole sweep, chosen on dev at $p$ = 10%. A joint run's
+# step trains on one task, the three in turn (`Protocol.task_batches`): the rows of a step then share
+# their task's prompt prefix, which runs once. Each task still gets a third of the steps; what changes
+# from a mixed batch is that the tasks' gradients alternate from step to step instead of being summed.
 
 # %%
 sweep = experiments.proportion_sweep(model, scores, protocol, categories, tasks, proportions=profile.proportions,

@@ -10,8 +10,10 @@ preference for one label word (no gold labels are used).
 Generation: teacher-forced ``answer_logprob`` (mean over examples of the summed log-prob of the
 answer tokens, end-of-turn included) and ``token_accuracy`` (argmax equals the answer token);
 greedy decoding with ``exact_match`` (after normalisation) and ``rougeL`` (F1, ``rouge_score``).
-The primary metric is accuracy for classification and ROUGE-L for generation. The teacher-forced
-passes run each batch's common prompt prefix once (``losses.final_hidden``, ``share_prefix``).
+The primary metric is accuracy for classification and ROUGE-L for generation. Every pass runs each
+batch's common prompt prefix once (``losses.final_hidden``, ``share_prefix``); for generation the
+prompts run once (``losses.prompt_pass``), and both the teacher-forced answers and greedy decoding
+continue from their cache.
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ from nrnlib.encoding import (
     label_token_ids,
     pad_id,
 )
-from nrnlib.losses import answer_token_logits, last_prompt_logits
+from nrnlib.losses import (
+    PromptPass,
+    answer_logits_after_prompt,
+    answer_token_logits,
+    crop_cache,
+    last_prompt_logits,
+    prompt_pass,
+)
 from nrnlib.tasks import as_task
 
 PRIMARY_METRIC = {"classification": "accuracy", "generation": "rougeL"}
@@ -93,10 +102,12 @@ def classify_batch(
 
 
 def teacher_forced_batch(
-    model, batch: EncodedBatch
+    model, batch: EncodedBatch, prompts: PromptPass | None = None
 ) -> tuple[Float[Tensor, " batch"], Int[Tensor, " batch"], Int[Tensor, " batch"]]:
-    """Per example: summed answer log-prob, number of answer tokens, number predicted correctly."""
-    logits = answer_token_logits(model, batch, share_prefix=True)
+    """Per example: summed answer log-prob, number of answer tokens, number predicted correctly
+    (on the cache of ``prompts`` = ``losses.prompt_pass`` of the batch when given)."""
+    logits = (answer_token_logits(model, batch, share_prefix=True) if prompts is None
+              else answer_logits_after_prompt(model, batch, prompts))
     targets = batch.input_ids[batch.target_mask]
     token_lp = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
     correct = (logits.argmax(-1) == targets).long()
@@ -111,26 +122,39 @@ def teacher_forced_batch(
 def greedy_decode(
     model, task, examples: Sequence[dict], shots: Sequence[dict] = (), max_new_tokens: int | None = None
 ) -> list[str]:
-    """Greedy continuations of the prompts (left-padded for ``generate``), cut at end-of-turn."""
-    tok = model.tokenizer
+    """Greedy continuations of the prompts, cut at end-of-turn (``greedy_after_prompt``)."""
+    batch = encode_examples(model, task, examples, with_answers=False, shots=shots).to(model.cfg.device)
+    _decoding_length(model, task, int(batch.prompt_lengths.max()), max_new_tokens)  # bad lengths fail before any pass
+    return greedy_after_prompt(model, task, prompt_pass(model, batch, pad_id(model.tokenizer)), max_new_tokens)
+
+
+def _decoding_length(model, task, prompt_length: int, max_new_tokens: int | None) -> int:
+    """``max_new_tokens`` (None: the task's, else 16), checked to fit the context after the prompt."""
     new_tokens = check_int(max_new_tokens or getattr(task, "max_new_tokens", 16), "max_new_tokens", minimum=1)
-    batch = encode_examples(model, task, examples, with_answers=False, shots=shots)
-    lengths = batch.prompt_lengths
-    width = int(lengths.max())
-    check_generation_fits(model, width, new_tokens, f"greedy decoding of task {task.name!r}")
-    pad = pad_id(tok)
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, n in enumerate(lengths.tolist()):
-        ids[i, width - n:] = batch.input_ids[i, :n]
-        mask[i, width - n:] = 1
-    device = model.cfg.device
+    check_generation_fits(model, prompt_length, new_tokens, f"greedy decoding of task {task.name!r}")
+    return new_tokens
+
+
+def greedy_after_prompt(model, task, prompts: PromptPass, max_new_tokens: int | None = None) -> list[str]:
+    """Greedy continuations (``greedy_tokens``) decoded to text, cut at end-of-turn."""
+    tok = model.tokenizer
+    new_tokens = _decoding_length(model, task, int(prompts.lengths.max()), max_new_tokens)
+    rows = greedy_tokens(model, prompts, new_tokens).cpu()
+    return [tok.decode(row, skip_special_tokens=True).strip() for row in rows]
+
+
+def greedy_tokens(model, prompts: PromptPass, max_new_tokens: int) -> Int[Tensor, "batch new"]:
+    """Greedy decoding (``generate``) continuing a ``losses.prompt_pass``: its cache holds the
+    prompts, so only the new tokens run; the prompts' layout (a shared prefix, pads, the rest)
+    gives ``generate`` the position ids ``cumsum(mask) − 1``. Rows that end early are padded.
+    Consumes the cache."""
+    tok = model.tokenizer
+    crop_cache(prompts.cache, prompts.width - 1)  # generate runs the last prompt token to get its logits
     out = model.original_model.generate(
-        input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-        max_new_tokens=new_tokens,
-        pad_token_id=pad, eos_token_id=end_of_answer_id(tok),
+        input_ids=prompts.input_ids, attention_mask=prompts.attention_mask, past_key_values=prompts.cache,
+        do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id(tok), eos_token_id=end_of_answer_id(tok),
     )
-    return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out.cpu()]
+    return out[:, prompts.width:]
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -214,12 +238,13 @@ def _evaluate_generation(model, task, examples, demos, batch_size, decode, progr
     chunks = [examples[i: i + batch_size] for i in range(0, len(examples), batch_size)]
     for chunk in tqdm(chunks, desc=desc, disable=not progress):
         batch = encode_examples(model, task, chunk, with_answers=True, shots=demos).to(model.cfg.device)
-        lp, nt, no = teacher_forced_batch(model, batch)
+        prompts = prompt_pass(model, batch, pad_id(model.tokenizer))  # the prompts run once for both
+        lp, nt, no = teacher_forced_batch(model, batch, prompts)
         lps.append(lp.cpu())
         n_tok.append(nt.cpu())
         n_ok.append(no.cpu())
         if decode:
-            texts.extend(greedy_decode(model, task, chunk, demos))
+            texts.extend(greedy_after_prompt(model, task, prompts))
     n_tok_all = torch.cat(n_tok)
     metrics = {
         "answer_logprob": float(torch.cat(lps).mean()),

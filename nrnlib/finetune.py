@@ -374,6 +374,19 @@ def finetune(
     return log
 
 
+def task_batch_stream(model, encoded_by_task: list[list[tuple[list[int], list[int]]]], batch_size: int,
+                      seed: int) -> Iterator[encoding.EncodedBatch]:
+    """Endless batches of one task each, the tasks in turn (step s draws from task ``s mod K``):
+    each task's own ``batch_stream`` (seeded with ``(seed, task index)``), so every row of a step
+    shares its task's prompt prefix (``losses`` runs it once) and each task gets 1/K of the steps."""
+    if not encoded_by_task or not all(encoded_by_task):
+        raise ValueError("task_batch_stream needs at least one task, each with training examples")
+    streams = [batch_stream(model, enc, batch_size, int(seed) * 1_000_003 + i) for i, enc in enumerate(encoded_by_task)]
+    while True:
+        for stream in streams:
+            yield next(stream)
+
+
 def batch_stream(model, encoded: list[tuple[list[int], list[int]]], batch_size: int,
                  seed: int) -> Iterator[encoding.EncodedBatch]:
     """Endless training batches on the model's device: ``batch_size`` examples each, in the order

@@ -19,8 +19,10 @@ per module (prefix, then the rest), so callers that record activations per posit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from nrnlib.encoding import EncodedBatch
@@ -114,3 +116,87 @@ def per_example_loss(model, batch: EncodedBatch, share_prefix: bool = False) -> 
     rows = batch.target_mask.nonzero(as_tuple=True)[0]
     nll = torch.zeros(len(batch), dtype=logp.dtype, device=logp.device).index_add(0, rows, -logp)
     return nll / n_answer.to(nll.device, nll.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# one prompt pass for scoring and decoding
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptPass:
+    """The prompts of a batch run once, laid out as ``[shared prefix][pads][rest of prompt]`` so that
+    every prompt ends at column ``W − 1``: ``input_ids``/``attention_mask`` [batch, W] in that layout,
+    ``cache`` the keys and values of all W columns, ``last_hidden`` the final-norm residual at each
+    row's last prompt token, ``lengths`` the real prompt lengths (row i's tokens sit at positions
+    0 … n_i − 1: pads take no position), ``shared`` the prefix length run once (0: none)."""
+
+    input_ids: Int[Tensor, "batch width"]
+    attention_mask: Int[Tensor, "batch width"]
+    cache: object  # transformers Cache
+    last_hidden: Float[Tensor, "batch d_model"]
+    lengths: Int[Tensor, " batch"]
+    shared: int = 0
+
+    @property
+    def width(self) -> int:
+        return self.input_ids.shape[1]
+
+
+def positions(attention_mask: Int[Tensor, "batch seq"]) -> Int[Tensor, "batch seq"]:
+    """Position ids that skip pads: ``cumsum(mask) − 1`` (pads get 0; they are never attended)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def crop_cache(cache, length: int) -> None:
+    """Keep the first ``length`` positions of a transformers cache (its ``crop`` takes minus the
+    number of positions to drop)."""
+    cache.crop(min(0, length - cache.get_seq_length()))
+
+
+def prompt_pass(model, batch: EncodedBatch, pad_id: int) -> PromptPass:
+    """Run the prompts of ``batch`` (its ``prompt_lengths`` leading tokens per row) once: the common
+    prefix at batch 1 (as ``final_hidden`` with ``share_prefix``; at least ``MIN_SHARED_PREFIX``
+    tokens, else none), then each row's rest, right-aligned behind pads."""
+    lengths = batch.prompt_lengths.to(batch.input_ids.device)
+    width, n = int(lengths.max()), len(batch)
+    same = (batch.input_ids == batch.input_ids[:1]).all(0)[: int(lengths.min()) - 1]
+    n_shared = int(same.long().cumprod(0).sum()) if n > 1 and not dropout_active(model) else 0
+    n_shared = n_shared if n_shared >= MIN_SHARED_PREFIX else 0
+    ids = torch.full((n, width), pad_id, dtype=torch.long, device=lengths.device)
+    mask = torch.zeros((n, width), dtype=torch.long, device=lengths.device)
+    for i, length in enumerate(lengths.tolist()):
+        ids[i, :n_shared] = batch.input_ids[i, :n_shared]
+        ids[i, width - length + n_shared:] = batch.input_ids[i, n_shared:length]
+        mask[i, :n_shared] = 1
+        mask[i, width - length + n_shared:] = 1
+    base = model.original_model.base_model
+    cache = None
+    if n_shared:
+        cache = base(input_ids=ids[:1, :n_shared], attention_mask=mask[:1, :n_shared], use_cache=True).past_key_values
+        cache.batch_repeat_interleave(n)
+    out = base(input_ids=ids[:, n_shared:], attention_mask=mask, position_ids=positions(mask)[:, n_shared:],
+               past_key_values=cache, use_cache=True)
+    return PromptPass(ids, mask, out.past_key_values, out.last_hidden_state[:, -1], lengths, n_shared)
+
+
+def answer_logits_after_prompt(model, batch: EncodedBatch, prompts: PromptPass) -> Float[Tensor, "n_answer vocab"]:
+    """``answer_token_logits`` from a ``prompt_pass``: only the answer tokens run (on the prompts'
+    cache, which is cropped back to the prompts afterwards, ready for decoding)."""
+    rows, cols = batch.target_mask.nonzero(as_tuple=True)
+    offset = cols - batch.prompt_lengths.to(cols.device)[rows]  # answer token index within its row
+    n_answer = int(offset.max()) + 1
+    answers = torch.zeros((len(batch), n_answer), dtype=torch.long, device=cols.device)
+    answer_mask = torch.zeros_like(answers)
+    answers[rows, offset] = batch.input_ids[rows, cols]
+    answer_mask[rows, offset] = 1
+    mask = torch.cat([prompts.attention_mask, answer_mask], dim=1)
+    hidden = [prompts.last_hidden[:, None]]
+    if n_answer > 1:  # answer token t (t >= 1) is predicted at answer column t - 1
+        out = model.original_model.base_model(
+            input_ids=answers[:, :-1], attention_mask=mask[:, :-1],
+            position_ids=prompts.lengths[:, None] + torch.arange(n_answer - 1, device=cols.device),
+            past_key_values=prompts.cache, use_cache=True)
+        crop_cache(prompts.cache, prompts.width)
+        hidden.append(out.last_hidden_state)
+    return unembed(model, torch.cat(hidden, dim=1)[rows, offset]).float()

@@ -44,10 +44,11 @@ class Profile:
     individual_proportions: tuple[float, ...] = (0.10, 0.50, 1.0)
     n_generalization_eval: int = 24
     # the seeds of the joint sweep and of individual training (None: ``seeds``; individual: the sweep's)
-    # and the protocol's step cap for notebook 04's runs (None: max_steps)
+    # and the protocol's step cap and dev examples per task for notebook 04's runs (None: max_steps, dev_size)
     generalization_seeds: tuple[int, ...] | None = None
     individual_seeds: tuple[int, ...] | None = None
     generalization_max_steps: int | None = None
+    generalization_dev_size: int | None = None
     # notebook 06 (NCFT, Table 3): the tasks of the sequence (the second order is the reverse), the methods
     # (``experiments.NCFT_METHODS``), test examples per task, and the protocol's step cap and dev examples
     # for its stages (None: max_steps / dev_size)
@@ -176,10 +177,11 @@ PROFILES = {
                         # about 136 min of stages by benchmarks/stage_cost.py (80-step stages: about 330)
                         ncft_methods=("seqft", "ncft", "w_ncft_graded", "random", "replay", "lora"),
                         ncft_max_steps=30, ncft_dev_size=16, n_ncft_eval=16,
-                        # 04: 7 proportions x 2 categories x 2 seeds of joint training (each scored on all 12
-                        # tasks) and 3 proportions x 6 tasks x 1 seed alone, runs capped at 150 steps: the whole
-                        # specified grid (3 seeds of each) was estimated at about 12 h on one thread
-                        generalization_seeds=(0, 1), individual_seeds=(0,), generalization_max_steps=150,
+                        # 04: 7 proportions x 2 categories x 3 seeds of joint training (each scored on all 12
+                        # tasks) and 3 proportions x 6 tasks x 1 seed alone, runs capped at 150 steps, 16 dev
+                        # examples per task, one task per step (experiments.sweep_protocol)
+                        generalization_seeds=(0, 1, 2), individual_seeds=(0,), generalization_max_steps=150,
+                        generalization_dev_size=16,
                         dev_size=32, eval_every=10, patience=2, max_steps=200,
                         lr_grids={"neurons": (1e-3, 3e-3), "all": (3e-5,), "lora": (1e-4, 3e-4, 1e-3)},
                         # 07: LoRA lr fixed at 1e-3 (pilot: lower loss after 15 steps than 3e-4 or 1e-4); 80 examples

@@ -5,6 +5,10 @@ the learning rate chosen per arm type on dev, loss curves as data, every arm cac
   of each task's train split, chosen by a permutation seeded with the task's name
   (``tasks.splits.seeded_rng``), so the same task always gives the same dev examples; training
   uses the rest (the first ``n_train`` of it). Dev examples are never trained on.
+- **Batches**: ``batch_size`` examples per step from a seeded permutation of all the tasks' training
+  examples (``finetune.batch_stream``), or with ``task_batches`` and several tasks, each step from
+  one task, the tasks in turn (``finetune.task_batch_stream``: the rows share their task's prompt
+  prefix, which then runs once; about 1.4x faster per step on our tasks).
 - **Dev loss**: ``D = (1/|T|) Σ_tasks (1/n_dev) Σ_dev L_b``, the mean over tasks of the mean
   per-example answer loss ``L_b = −mean_t log p(y_bt | y_b<t, x_b)`` (``losses.per_example_loss``),
   without gradients, in eval mode (each batch's common prompt prefix run once: ``losses.final_hidden``).
@@ -43,7 +47,15 @@ from tqdm.auto import tqdm
 
 from nrnlib import encoding, losses, store
 from nrnlib.checks import check_float, check_int
-from nrnlib.finetune import NonFiniteLossError, _as_tasks, _check_mode, _encode_items, batch_stream, training
+from nrnlib.finetune import (
+    NonFiniteLossError,
+    _as_tasks,
+    _check_mode,
+    _encode_items,
+    batch_stream,
+    task_batch_stream,
+    training,
+)
 from nrnlib.model_state import eval_mode, model_fingerprint, restored_after
 from nrnlib.neurons import NeuronSet
 from nrnlib.tasks.splits import seeded_rng
@@ -73,6 +85,7 @@ class Protocol:
     min_delta: float = 0.0  # an improvement must lower the best dev loss by more than this
     max_dev_fraction: float = 0.25
     dev_batch_size: int = 16
+    task_batches: bool = False  # several tasks: each step's batch from one task, the tasks in turn
 
     def __post_init__(self) -> None:
         where = "Protocol"
@@ -242,7 +255,7 @@ def train_to_convergence(
     lr = check_float(lr, "lr", positive=True, where="train_to_convergence")
     seed = check_int(seed, "seed", where="train_to_convergence")
     splits = [dev_split(t, protocol.dev_size, protocol.n_train, protocol.max_dev_fraction) for t in tasks]
-    encoded = _encode_items(model, [(s.task, ex) for s in splits for ex in s.train])
+    encoded = [_encode_items(model, [(s.task, ex) for ex in s.train]) for s in splits]
     dev = [_dev_batches(model, s, protocol.dev_batch_size) for s in splits]
     if trainer is None:
         def trainer(model, lr, weight_decay):  # noqa: ANN001, ANN202 - the default factory
@@ -256,7 +269,10 @@ def train_to_convergence(
         with trainer(model, lr=lr, weight_decay=protocol.weight_decay) as t:
             curve.n_trainable_entries = int(t.n_trainable_entries)
             best_state = _evaluate(model, t, dev, curve, step=0, best_state=None)
-            batches = batch_stream(model, encoded, protocol.batch_size, seed)
+            if protocol.task_batches and len(encoded) > 1:
+                batches = task_batch_stream(model, encoded, protocol.batch_size, seed)
+            else:
+                batches = batch_stream(model, [e for per in encoded for e in per], protocol.batch_size, seed)
             bar = tqdm(range(1, protocol.max_steps + 1), desc="train", disable=not progress, leave=False)
             for step in bar:
                 try:

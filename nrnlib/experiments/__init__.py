@@ -56,6 +56,7 @@ from nrnlib.experiments.generalization import (
     overlap_table,
     proportion_sets,
     proportion_sweep,
+    sweep_protocol,
     training_union,
 )
 from nrnlib.experiments.layer_by_layer import (
@@ -206,6 +207,7 @@ __all__ = [
     "performance_matrix",
     "proportion_sets",
     "proportion_sweep",
+    "sweep_protocol",
     "training_union",
     "TasksMeasure",
     "TestMeasure",

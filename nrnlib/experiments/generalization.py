@@ -14,6 +14,10 @@ task neurons grows, with the overlap of training- and test-task neurons.
 - **Gain**: per test example, the metric after training minus the untrained model's on the same
   example (log-prob of the answer, and the decoded metric of ``neuron_finetuning.DECODED_METRIC``).
 
+**Protocol** (``sweep_protocol``): the profile's, with its own step cap and dev size for this sweep,
+and task batches: a joint run's step trains on one task, the three in turn (``Protocol.task_batches``),
+so each step's rows share their task's prompt prefix (it runs once: about 1.4x per step).
+
 One learning rate serves every arm of the sweep: chosen on the protocol's "neurons" grid at the
 reference proportion (10%, the sets of notebooks 02-03) and the first seed, by the mean best dev loss
 of the categories' joint runs (``protocol.choose_lr``); those runs are cached and reused. Each
@@ -43,6 +47,13 @@ PROPORTIONS = (0.01, 0.05, 0.10, 0.30, 0.50, 0.70, 1.0)  # Paper A's sweep, 100%
 REFERENCE_P = 0.10  # where the sweep's lr is chosen
 ID, OOD_SAME, OOD_OTHER = "ID", "OOD (same category)", "OOD (other category)"
 MODES = ("joint", "individual")
+
+
+def sweep_protocol(profile) -> Protocol:
+    """The protocol of notebook 04's runs (module docstring): ``profile``'s, with
+    ``generalization_max_steps`` and ``generalization_dev_size`` where set, and task batches."""
+    return Protocol.from_profile(profile, max_steps=profile.generalization_max_steps or profile.max_steps,
+                                 dev_size=profile.generalization_dev_size or profile.dev_size, task_batches=True)
 
 
 def proportion_sets(scores: Mapping[str, Float[Tensor, "n_layers d_mlp"]], p: float, model=None

@@ -114,3 +114,51 @@ def test_dropout_in_training_mode_runs_every_row_in_full(model, batch):
         model.original_model.eval()
     assert not losses.dropout_active(model)
     torch.testing.assert_close(shared, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-prefix", "no-common-prefix"])
+def test_prompt_pass_then_answers_gives_the_plain_forward_log_probs(model, batch, shared):
+    """The prompts run once (a shared prefix, pads, the rest) and the answers on their cache: the same
+    answer logits as the plain right-padded forward; the cache is cropped back to the prompts."""
+    if not shared:  # rows that differ from their first token: no prefix pass
+        ids = batch.input_ids.clone()
+        ids[:, 0] = torch.arange(1, len(batch) + 1)
+        batch = EncodedBatch(ids, batch.attention_mask, batch.target_mask, batch.prompt_lengths)
+    with torch.no_grad():
+        prompts = losses.prompt_pass(model, batch, pad_id=0)
+        logits = losses.answer_logits_after_prompt(model, batch, prompts)
+        plain = model.original_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long()).logits
+    b, t = batch.target_mask.nonzero(as_tuple=True)
+    torch.testing.assert_close(logits, plain[b, t - 1].float(), rtol=1e-5, atol=1e-5)
+    rows = torch.arange(len(batch))
+    last = losses.unembed(model, prompts.last_hidden).float()
+    torch.testing.assert_close(last, plain[rows, batch.prompt_lengths - 1].float(), rtol=1e-5, atol=1e-5)
+    assert prompts.cache.get_seq_length() == prompts.width == int(batch.prompt_lengths.max())
+    assert (prompts.shared >= losses.MIN_SHARED_PREFIX) == shared
+    # the layout: every prompt ends at the last column, its tokens in order, pads unattended
+    for i, n in enumerate(batch.prompt_lengths.tolist()):
+        row = prompts.input_ids[i][prompts.attention_mask[i].bool()]
+        assert row.tolist() == batch.input_ids[i, :n].tolist()
+        assert bool(prompts.attention_mask[i, -1])
+
+
+def test_greedy_after_the_prompt_pass_matches_plain_generate(model, echo_task):
+    """Greedy decoding on the prompts' cache gives plain ``generate``'s tokens (left-padded, no cache)."""
+    from nrnlib.encoding import encode_examples, end_of_answer_id, pad_id
+    from nrnlib.evaluate import greedy_tokens
+
+    tok = model.tokenizer
+    batch = encode_examples(model, echo_task, list(echo_task.test[:5]), with_answers=False)
+    with torch.no_grad():
+        prompts = losses.prompt_pass(model, batch, pad_id(tok))
+        assert prompts.shared >= losses.MIN_SHARED_PREFIX  # the chat template and instruction run once
+        got = greedy_tokens(model, prompts, max_new_tokens=6)
+    width = int(batch.prompt_lengths.max())
+    ids = torch.full((len(batch), width), pad_id(tok))
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, n in enumerate(batch.prompt_lengths.tolist()):
+        ids[i, width - n:], mask[i, width - n:] = batch.input_ids[i, :n], 1
+    out = model.original_model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=6,
+                                        pad_token_id=pad_id(tok), eos_token_id=end_of_answer_id(tok))
+    assert got.tolist() == out[:, width:].tolist()
+    assert got.shape[1] >= 1

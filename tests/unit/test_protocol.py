@@ -73,6 +73,57 @@ def test_dev_examples_are_never_trained_on(model, task, monkeypatch):
     assert len(seen) == PROTOCOL.max_steps * PROTOCOL.batch_size and not set(seen) & dev_rows
 
 
+def test_task_batches_draw_each_step_from_one_task_in_turn(model):
+    """``task_batch_stream``: step s holds rows of task s mod K only; within a task, every example
+    once per epoch (its own seeded permutation); the same seed gives the same batches."""
+    from nrnlib.finetune import task_batch_stream
+
+    vocab = model.cfg.d_vocab
+    by_task = [[([1 + t, 100 + 10 * t + i], [vocab - 1 - t]) for i in range(n)] for t, n in enumerate((4, 6, 2))]
+
+    def rows(seed: int, steps: int) -> list[list[tuple[int, ...]]]:
+        stream = task_batch_stream(model, by_task, 2, seed)
+        out = []
+        for _ in range(steps):
+            b = next(stream)
+            out.append([tuple(i for i, k in zip(r, m, strict=True) if k)
+                        for r, m in zip(b.input_ids.tolist(), b.attention_mask.tolist(), strict=True)])
+        return out
+
+    steps = rows(5, 18)  # 6 steps per task: task 0 sees 12 rows = 3 epochs of 4, task 2 six epochs of 2
+    for s, batch in enumerate(steps):
+        assert {r[0] - 1 for r in batch} == {s % 3}  # one task per step, the tasks in turn
+    for t, examples in enumerate(by_task):
+        seen = [r for batch in steps[t::3] for r in batch]
+        n = len(examples)
+        for epoch in range(len(seen) // n):  # each epoch a permutation of the task's examples
+            assert sorted(seen[epoch * n:(epoch + 1) * n]) == sorted(tuple(p + a) for p, a in examples)
+    assert rows(5, 18) == steps and rows(6, 18) != steps
+    with pytest.raises(ValueError, match="at least one task"):
+        next(task_batch_stream(model, [by_task[0], []], 2, 0))
+
+
+def test_a_multi_task_run_with_task_batches_trains_on_one_task_per_step(model, task, monkeypatch):
+    other = Task.from_records("odd40", [{"input": f"Is {n} odd?", "target": "yes" if n % 2 else "no"}
+                                        for n in range(2, 42)], "classification", labels=("yes", "no"),
+                              test_fraction=0.4, instruction="Q: {input}\nAnswer yes or no.")
+    owner = {tuple(p + a): name for t, name in ((task, 0), (other, 1))
+             for p, a in _encode_items(model, [(t, ex) for ex in P.dev_split(t, PROTOCOL.dev_size).train])}
+    step_tasks, real = [], losses.answer_loss
+
+    def spy(m, batch, **kw):
+        step_tasks.append({owner[tuple(i for i, k in zip(r, keep, strict=True) if k)]
+                           for r, keep in zip(batch.input_ids.tolist(), batch.attention_mask.tolist(), strict=True)})
+        return real(m, batch, **kw)
+
+    monkeypatch.setattr(losses, "answer_loss", spy)
+    protocol = replace(PROTOCOL, patience=99, task_batches=True)
+    curve = P.train_to_convergence(model, [task, other], protocol, lr=1e-3, neurons=_neurons(model))
+    assert curve.steps == protocol.max_steps and all(math.isfinite(v) for v in curve.train_loss)
+    assert step_tasks == [{s % 2} for s in range(protocol.max_steps)]  # one task per step, in turn
+    assert P.Protocol(task_batches=True).run_settings() != P.Protocol().run_settings()  # a different cache key
+
+
 # ---------------------------------------------------------------- stopping rule
 
 
