@@ -8,7 +8,8 @@ the learning rate chosen per arm type on dev, loss curves as data, every arm cac
 - **Batches**: ``batch_size`` examples per step from a seeded permutation of all the tasks' training
   examples (``finetune.batch_stream``), or with ``task_batches`` and several tasks, each step from
   one task, the tasks in turn (``finetune.task_batch_stream``: the rows share their task's prompt
-  prefix, which then runs once; about 1.4x faster per step on our tasks).
+  prefix, which then runs once, and short tasks are not padded to a long task's length; 1.7-1.9x
+  faster per step on notebook 04's joint runs, ``benchmarks/sweep_cost.py``).
 - **Dev loss**: ``D = (1/|T|) Σ_tasks (1/n_dev) Σ_dev L_b``, the mean over tasks of the mean
   per-example answer loss ``L_b = −mean_t log p(y_bt | y_b<t, x_b)`` (``losses.per_example_loss``),
   without gradients, in eval mode (each batch's common prompt prefix run once: ``losses.final_hidden``).

@@ -16,7 +16,8 @@ task neurons grows, with the overlap of training- and test-task neurons.
 
 **Protocol** (``sweep_protocol``): the profile's, with its own step cap and dev size for this sweep,
 and task batches: a joint run's step trains on one task, the three in turn (``Protocol.task_batches``),
-so each step's rows share their task's prompt prefix (it runs once: about 1.4x per step).
+so each step's rows share their task's prompt prefix (it runs once) and no short task is padded to a
+long one's length: 1.7-1.9x per step (``benchmarks/sweep_cost.py``).
 
 One learning rate serves every arm of the sweep: chosen on the protocol's "neurons" grid at the
 reference proportion (10%, the sets of notebooks 02-03) and the first seed, by the mean best dev loss
