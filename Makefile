@@ -45,13 +45,12 @@ reproduce: setup
 # nrnlib's own error messages (marked wrong_type; the runtime checker would answer them first).
 # The first pass runs in TEST_WORKERS processes (pytest-xdist; one file per worker, so a notebook's cells
 # stay in order in one kernel) of one torch thread each: on 2 cores two single-threaded workers beat one
-# two-threaded process, and more threads than cores stall torch's thread pool. The notebooks (the longest
-# files, 1-2 min each) are collected first, so the test files fill the gaps instead of one notebook
-# running alone at the end; the 15 slowest items are listed.
+# two-threaded process, and more threads than cores stall torch's thread pool. The 15 slowest items are
+# listed (at 215f1ce: notebook 06's sequences cell 343 s, then cells of 04, 03, 02 and 01 at 56-68 s).
 TEST_WORKERS ?= 2
 test: setup
 	OMP_NUM_THREADS=1 NRN_WORKERS=1 NRN_TYPECHECK=1 NRN_PROFILE=smoke NRN_FIGURE_FORMATS=html NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) \
-	  $(PY) -m pytest notebooks tests -n $(TEST_WORKERS) --dist loadfile \
+	  $(PY) -m pytest tests notebooks -n $(TEST_WORKERS) --dist loadfile \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider -q --durations=15
 	NRN_PROFILE=smoke NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) $(PY) -m pytest tests/unit -m wrong_type \
 	  -p no:cacheprovider -q
