@@ -46,7 +46,7 @@ reproduce: setup
 # The first pass runs in TEST_WORKERS processes (pytest-xdist; one file per worker, so a notebook's cells
 # stay in order in one kernel) of one torch thread each: on 2 cores two single-threaded workers beat one
 # two-threaded process, and more threads than cores stall torch's thread pool. The 15 slowest items are
-# listed (at 215f1ce: notebook 06's sequences cell 343 s, then cells of 04, 03, 02 and 01 at 56-68 s).
+# listed (at b2653c8: notebook 06's sequences cell 343 s, then cells of 04, 03, 02 and 01 at 56-68 s).
 TEST_WORKERS ?= 2
 test: setup
 	OMP_NUM_THREADS=1 NRN_WORKERS=1 NRN_TYPECHECK=1 NRN_PROFILE=smoke NRN_FIGURE_FORMATS=html NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) \
