@@ -158,3 +158,20 @@ def test_dev_curves_reads_the_sweep_runs_by_hand():
     assert len(G.dev_curves(runs)) == 7
     with pytest.raises(ValueError, match="not a sweep run"):
         G.dev_curves([run("task:antonym:global/all", 1e-3, 0, [0], [1.0], 0)])
+
+
+def test_sweep_protocol_takes_the_profile_settings_and_trains_one_task_per_step():
+    from dataclasses import replace
+
+    from nrnlib.profiles import PROFILES
+    from nrnlib.protocol import Protocol
+
+    standard, smoke = PROFILES["standard"], PROFILES["smoke"]
+    p = G.sweep_protocol(standard)
+    assert (p.dev_size, p.max_steps, p.task_batches) == (standard.generalization_dev_size,
+                                                         standard.generalization_max_steps, True)
+    assert p.dev_size < standard.dev_size and p.batch_size == standard.finetune_batch_size
+    # without the sweep's own settings: the profile's protocol, plus task batches
+    bare = replace(standard, generalization_dev_size=None, generalization_max_steps=None)
+    assert G.sweep_protocol(bare) == replace(Protocol.from_profile(bare), task_batches=True)
+    assert G.sweep_protocol(smoke).dev_size == smoke.dev_size
