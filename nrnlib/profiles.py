@@ -152,8 +152,10 @@ PROFILES = {
                      ablation_tasks=("word_polarity", "antonym", "hypernym"), n_ablation_neurons=8,
                      generalization_tasks=("word_polarity", "question_topic", "reverse_dictionary", "antonym"),
                      proportions=(0.10, 1.0), individual_proportions=(0.10,), n_generalization_eval=4,
+                     # 06 under smoke: Table 3's three methods (baseline, NCFT, W-NCFT); random, replay and LoRA
+                     # sequences run in the unit tests on the tiny model (tests/unit/test_ncft.py)
                      ncft_tasks=("word_polarity", "antonym"), n_ncft_eval=4,
-                     ncft_methods=("seqft", "ncft", "w_ncft_graded", "random", "replay", "lora"),
+                     ncft_methods=("seqft", "ncft", "w_ncft_graded"),
                      dev_size=4, eval_every=2, patience=1, max_steps=4,
                      lr_grids={"neurons": (1e-3,), "all": (3e-5,), "lora": (3e-4,)},
                      lbl_seen=("word_polarity", "reverse_dictionary"), lbl_unseen=("antonym", "hypernym"),
