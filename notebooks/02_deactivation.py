@@ -177,7 +177,7 @@ fig
 # %% [markdown]
 # **Reading (the committed `standard` run).** On its point estimate the ratio clears 3x in most
 # panels: in the paper's cell (global/all, random total) on 5 of 6 tasks (2.7x for word_polarity to
-# 4.8x for trivia_qa), and on all 6 in both per-layer/answer cells. But the bars are long, mostly
+# 4.7x for trivia_qa), and on all 6 in both per-layer/answer cells. But the bars are long, mostly
 # because the random drop itself varies from one random set to the next: with only a few random
 # sets per task, a bar that starts below 3 cannot be called a 3x effect.
 

@@ -137,7 +137,7 @@ fig
 
 # %% [markdown]
 # **Reading (the committed `standard` run).** In every setting the task sets' curve lies far above the
-# shuffled control (by 0.40 to 0.46 over layers 16–30): the neurons two tasks select are alike. The
+# shuffled control (by 0.39 to 0.46 over layers 16–30): the neurons two tasks select are alike. The
 # untrained curve is there but hidden under the trained one. The two differ by at most 0.001 in any layer,
 # so fine-tuning 10% of the neurons does not make the sets more alike. The similarity is a property of
 # the loaded model and of the neurons the two sets share (in layer 1, tweet_sentiment and headline_topic

@@ -206,7 +206,7 @@ fig
 
 # %% [markdown]
 # **Reading (the committed `standard` run).** NCFT is the outlier, and in the wrong direction: BWT
-# −9.86 nats against −0.45 for seqft, AP −11.5 against −3.85, and a negative FWT (−2.97): training
+# −9.86 nats against −0.44 for seqft, AP −11.5 against −3.85, and a negative FWT (−2.97): training
 # one task's neurons makes the tasks not yet trained *worse*. The other methods sit close together:
 # seqft, replay and LoRA forget about half a nat, the random-neuron arm and W-NCFT about one. The joint
 # reference (all tasks at once) ends at AP −4.22, below seqft's −3.85, so on this budget sequential

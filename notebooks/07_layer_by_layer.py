@@ -305,7 +305,7 @@ fig
 # *below* zero (CI below 0 in 9 of blocks 1–13 on seen tasks, in 14 of blocks 1–17 on unseen ones): $E$,
 # trained 174 steps on six tasks, has moved a little farther from each control than the untouched base
 # has. From block 21 to 30 it is above zero, on seen and unseen tasks alike (largest lower bounds: block
-# 23, +0.21 [+0.17, +0.26], seen; block 25, +0.25 [+0.19, +0.32], unseen). So the multi-task tuning moves
+# 23, +0.21 [+0.17, +0.26], seen; block 25, +0.24 [+0.18, +0.32], unseen). So the multi-task tuning moves
 # the late blocks towards what any single-task LoRA tuning produces, even on tasks it never saw. Section
 # 5's cross-task curve says the same ($C_u$ against $C_t$: 0.778 over blocks 15–30, $E$ 0.794): late in
 # the network, what they share is mostly generic. The first run, at 3 epochs, gave the same four verdicts
