@@ -182,8 +182,9 @@ fig
 # %% [markdown]
 # **Reading (the committed `standard` run).** Every curve is far above the random line, and all but
 # one are still rising at 32 examples per half (headline_topic's plain curve dips from 0.728 to 0.713):
-# plain sets agree 0.73 on average (0.59 for trivia_qa to 0.93 for word_polarity), specific sets 0.50. The sets are a property of the task, but 64 examples do not pin
-# them down completely; the specific sets, built from differences between tasks, are noisier.
+# plain sets agree 0.73 on average (0.59 for trivia_qa to 0.93 for word_polarity), specific sets 0.50.
+# The sets are a property of the task, but 64 examples do not pin them down completely; the specific
+# sets, built from differences between tasks, are noisier.
 
 # %% [markdown]
 # ## Does attribution predict ablation?

@@ -9,7 +9,9 @@ processes that fill the cache while the notebook's own process works through the
    lock (``fcntl.flock``); a job claimed by another process, or finished, is skipped, so the jobs
    are dealt out dynamically and none is computed twice;
 2. the helpers exit when the list is exhausted; the parent then asks every job again in order,
-   which reads what a helper stored (or waits on the entry's lock while a helper still writes it).
+   which reads what a helper stored, after waiting for the helper to release a job it is still
+   running (a job of several entries, such as a sequence of cached stages, would otherwise be
+   resumed by the parent from the helper's last finished entry and computed twice from there).
 
 The result is the list of the parent's own calls, in order: the same values as one process running
 the list, because every process runs **one torch thread** (the setting of the standard runs; torch's
@@ -96,6 +98,15 @@ def _try_claim(folder: Path, index: int) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def _wait_for_claim(folder: Path, index: int) -> None:
+    """Block until no process holds job ``index``'s lock (its helper finished the job, or died)."""
+    fd = os.open(folder / f"{index}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)
 
 
 def _done(folder: Path, index: int) -> bool:
@@ -201,6 +212,10 @@ def run_jobs(jobs: Sequence[Callable[[], T]], *, workers: int | None = None, des
                 own = _claim_and_run(jobs, folder, on_done=count)
                 out = []
                 for index, job in enumerate(jobs):
+                    if index not in own:
+                        # a job of several cache entries (a sequence of stages) must not be resumed here
+                        # while its helper is still in it: wait for the helper to let go of it first
+                        _wait_for_claim(folder, index)
                     out.append(own[index] if index in own else job())
                     bar.n = max(bar.n, index + 1)
                     bar.refresh()

@@ -199,14 +199,24 @@ def _train_stages(model, tasks, method, protocol, lr, seed, selector, plan, meas
                 params[name].copy_(value.to(params[name].device))
     earlier = [_from_indices(r["neurons"], like) for r in records[:done] if r["neurons"] is not None]
     for n in range(done, len(tasks)):
-        neurons, trainer, extra = plan(method, model, tasks, n, seed, selector, original.get(tasks[n].name, like),
-                                       earlier)
-        curve = train_to_convergence(model, [tasks[n]], protocol, lr=lr, neurons=None if trainer else neurons,
-                                     seed=seed, trainer=trainer)
-        record = {"stage": n, "task": tasks[n].name, "neurons": _indices(neurons),
-                  "n_neurons": None if neurons is None else neurons.count, "curve": curve.as_dict(),
-                  "scores": {name: m(model) for name, m in measures.items()}, **extra}
-        records[n] = store.cached("ncft_stage", lambda r=record: r, **where(n, "ncft_stage"))
+        trained: dict[str, Any] = {}
+
+        def train_stage(n: int = n, trained: dict[str, Any] = trained) -> dict[str, Any]:
+            # inside the store's call, so the entry's compute_s is the stage's selection, training and scoring
+            neurons, trainer, extra = plan(method, model, tasks, n, seed, selector,
+                                           original.get(tasks[n].name, like), earlier)
+            curve = train_to_convergence(model, [tasks[n]], protocol, lr=lr, neurons=None if trainer else neurons,
+                                         seed=seed, trainer=trainer)
+            trained["neurons"] = neurons
+            return {"stage": n, "task": tasks[n].name, "neurons": _indices(neurons),
+                    "n_neurons": None if neurons is None else neurons.count, "curve": curve.as_dict(),
+                    "scores": {name: m(model) for name, m in measures.items()}, **extra}
+
+        records[n] = store.cached("ncft_stage", train_stage, **where(n, "ncft_stage"))
+        if "neurons" not in trained:  # the model must hold the stage whose record is kept
+            raise RuntimeError(f"{method} stage {n} ({tasks[n].name}) was stored by another process while this one "
+                               "was to train it; run each sequence in one process (run_sequences does)")
+        neurons = trained["neurons"]
         if neurons is not None:
             earlier.append(neurons)
         if n < len(tasks) - 1:

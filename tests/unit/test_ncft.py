@@ -295,3 +295,15 @@ def test_run_sequences_with_two_workers_equal_one_process(tiny_model, sequence_s
     entries = (tmp_path / "cache2" / "ncft_stage").glob("*.json")
     pids = {json.loads(p.read_text())["provenance"]["pid"] for p in entries}
     assert os.getpid() in pids and len(pids) >= 2
+
+
+def test_a_stage_entry_records_the_time_its_stage_took(tiny_model, sequence_setup, tmp_path):
+    """The store times what it computes: a stage's entry must carry at least the seconds its own
+    training curve reports (a record stored after the fact would carry about 0 s)."""
+    import json
+
+    _run(tiny_model, sequence_setup[2])
+    entries = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "ncft_stage").glob("*.json")]
+    assert len(entries) == 3
+    for entry in entries:
+        assert entry["provenance"]["compute_s"] >= entry["value"]["curve"]["wall_s"] > 0

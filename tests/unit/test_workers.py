@@ -108,3 +108,31 @@ def test_worker_counts_of_the_wrong_type_are_refused():
     for bad in (1.5, True, "2"):
         with pytest.raises(WorkersError, match="positive integer"):
             run_jobs([lambda: 1], workers=bad, progress=False)
+
+
+def _staged_job(i: int, log, parent: int, steps: int = 3):
+    """A job of several cache entries that resumes after its last stored one (as a sequence of cached
+    stages does): it looks its entries up first, then computes the rest, slowly in a helper."""
+
+    def job():
+        where = [dict(settings={"i": i, "step": s}, code=("workers",)) for s in range(steps)]
+        start = next((s for s in range(steps) if store.lookup("test_stage", **where[s]) is None), steps)
+        for s in range(start, steps):
+            with open(log, "a") as f:
+                f.write(f"{i * 10 + s} {os.getpid()}\n")
+            time.sleep(0.1 if os.getpid() == parent else 0.6)
+            store.cached("test_stage", lambda s=s: {"step": s}, **where[s])
+        return i
+
+    return job
+
+
+def test_the_parent_never_resumes_a_job_a_helper_is_still_running(cache):
+    """The parent, done with its own jobs, must wait for a helper's job to be released rather than
+    continue it from the helper's last stored entry: every (job, step) is computed exactly once."""
+    log = cache / "log"
+    out = run_jobs([_staged_job(i, log, os.getpid()) for i in range(2)], workers=2, progress=False)
+    assert out == [0, 1]
+    done = _computations(log)
+    assert sorted(step for step, _ in done) == [0, 1, 2, 10, 11, 12]  # each (job, step) once
+    assert {pid for _, pid in done} - {os.getpid()}  # a helper ran one of the jobs
