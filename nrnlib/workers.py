@@ -89,24 +89,16 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _try_claim(folder: Path, index: int) -> int | None:
-    """An open descriptor holding job ``index``'s exclusive lock, or None if another process holds it."""
+def _try_claim(folder: Path, index: int, wait: bool = False) -> int | None:
+    """An open descriptor holding job ``index``'s exclusive lock, or None if another process holds it;
+    ``wait``: block until no other process holds it (its helper finished the job, or died)."""
     fd = os.open(folder / f"{index}.lock", os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
     return fd
-
-
-def _wait_for_claim(folder: Path, index: int) -> None:
-    """Block until no process holds job ``index``'s lock (its helper finished the job, or died)."""
-    fd = os.open(folder / f"{index}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    finally:
-        os.close(fd)
 
 
 def _done(folder: Path, index: int) -> bool:
@@ -212,11 +204,13 @@ def run_jobs(jobs: Sequence[Callable[[], T]], *, workers: int | None = None, des
                 own = _claim_and_run(jobs, folder, on_done=count)
                 out = []
                 for index, job in enumerate(jobs):
-                    if index not in own:
+                    if index in own:
+                        out.append(own[index])
+                    else:
                         # a job of several cache entries (a sequence of stages) must not be resumed here
                         # while its helper is still in it: wait for the helper to let go of it first
-                        _wait_for_claim(folder, index)
-                    out.append(own[index] if index in own else job())
+                        os.close(_try_claim(folder, index, wait=True))
+                        out.append(job())
                     bar.n = max(bar.n, index + 1)
                     bar.refresh()
                 finished = True
