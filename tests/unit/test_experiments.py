@@ -172,6 +172,7 @@ def test_table1_grid_rows_are_the_named_sets(tiny_model, tmp_path, monkeypatch):
         E.table1_grid(tiny_model, sets, n=4, controls=("uniform",))
 
 
+@pytest.mark.one_model
 def test_deactivation_tables_with_two_workers_equal_one_process(tiny_model, tmp_path, monkeypatch):
     """Table 1, the specificity matrix, the k curve and the mode check give the same rows when their
     conditions are shared over two forked processes as in one (each a fresh cache); both processes
@@ -454,6 +455,7 @@ def test_table2_rows_equal_hand_runs_and_share_one_lr(tiny_model, parity_task, t
         E.table2(tiny_model, {"global/all": {"parity": own}}, protocol, controls=("bogus",))
 
 
+@pytest.mark.one_model
 def test_table2_with_two_workers_equals_one_process(tiny_model, parity_task, tmp_path, monkeypatch):
     """Table 2's runs shared over two forked processes give the same rows, lr choices and loss curves
     as one process (each a fresh cache), and both processes trained some of them."""

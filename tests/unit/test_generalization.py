@@ -109,6 +109,7 @@ def test_union_of_one_set_is_itself_and_needs_a_task():
         G.training_union({"a": s}, [])
 
 
+@pytest.mark.one_model
 def test_proportion_sweep_with_two_workers_equals_one_process(tiny_model, parity_task, echo_task, tmp_path,
                                                               monkeypatch):
     """The runs shared over two forked processes give the same rows, lr choice and curves as one process

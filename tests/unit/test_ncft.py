@@ -273,6 +273,7 @@ def _no_time(scores):
     return {task: {k: v for k, v in result.items() if k != "wall_s"} for task, result in scores.items()}
 
 
+@pytest.mark.one_model
 def test_run_sequences_with_two_workers_equal_one_process(tiny_model, sequence_setup, tmp_path, monkeypatch):
     """Sequences shared over two forked processes give the same stage records (curves, neurons, scores)
     as one process (each a fresh cache), both processes trained stages, and the order is the jobs'."""

@@ -46,6 +46,7 @@ def test_similarity_models_rows_equal_a_hand_run(tiny_model, parity_task, echo_t
     assert set(got.setting) == {"classification -> generation"}
 
 
+@pytest.mark.one_model
 def test_similarity_models_with_two_workers_equal_one_process(tiny_model, parity_task, echo_task, tmp_path,
                                                                monkeypatch):
     """The models shared over two forked processes give the same rows, lr choice and curves as one

@@ -63,3 +63,9 @@ def test_task_scores_show_calibrated_accuracy_beside_plain_for_classification_on
                     ("2-shot, calibrated", "pol"): 0.75}
     colours = {trace.name: trace.marker.color for trace in fig.data if trace.type == "bar"}
     assert len(set(colours.values())) == 4
+
+
+def test_forest_figure_without_claims_says_why():
+    """No claims (a rule needs two units, e.g. one order x one seed in notebook 06) is a clear error."""
+    with pytest.raises(ValueError, match="no claims to draw"):
+        plots.claims_forest_figure([], "verdicts")
