@@ -140,10 +140,9 @@ class Profile:
 # from clean commit 7afbb12; at 3 epochs it took 72 min on one thread); 05 at 118 min (7,107 s on one
 # thread, from clean commit 342dfc3).
 _SMOKE_MINUTES = {"00": 1.5, "01": 1.8, "02": 2.0, "03": 2.0, "04": 2.0, "05": 1.5, "06": 1.5, "07": 1.5}
-# measured end to end (06 at 138 min from clean commit 80e605f), except 04: projected at about 290 min from its
-# 3-seed run's measured runs (seeds 0 and 1: 164 and 163 thread-minutes of joint runs each, two processes at once;
-# benchmarks/sweep_cost.py had predicted 220 from the 2-seed run's step counts)
-_STANDARD_MINUTES = {"00": 16, "01": 41, "02": 49, "03": 96, "04": 290, "05": 118, "06": 138, "07": 70}
+# measured end to end (06 at 138 min from clean commit 80e605f); 04: its 3-seed run's computed work summed, 753
+# thread-minutes (62 runs 708) from clean commits f05638a..a28b7d1 with the same code digests, two processes at once
+_STANDARD_MINUTES = {"00": 16, "01": 41, "02": 49, "03": 96, "04": 377, "05": 118, "06": 138, "07": 70}
 
 PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
