@@ -50,12 +50,13 @@ reproduce: setup
 # stay in order in one kernel) of one torch thread each: on 2 cores two single-threaded workers beat one
 # two-threaded process, and more threads than cores stall torch's thread pool. The 15 slowest items are
 # listed (at b2653c8: notebook 06's sequences cell 343 s, then cells of 04, 03, 02 and 01 at 56-68 s).
-# Notebooks come first: xdist hands out files in collection order, so the long notebooks start early and the
-# many short test files fill in at the end (with the notebooks last, a worker could be left running 06 alone).
+# The order of `tests notebooks` does not set the schedule: xdist's loadfile queues files by their number of
+# items, most first (its --loadscope-reorder default), and hands a worker the next file when it has 2 items
+# left.
 TEST_WORKERS ?= 2
 test: setup
 	OMP_NUM_THREADS=1 NRN_WORKERS=1 NRN_TYPECHECK=1 NRN_PROFILE=smoke NRN_FIGURE_FORMATS=html NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) \
-	  $(PY) -m pytest notebooks tests -n $(TEST_WORKERS) --dist loadfile \
+	  $(PY) -m pytest tests notebooks -n $(TEST_WORKERS) --dist loadfile \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider -q --durations=15
 	NRN_PROFILE=smoke NRN_FIGURES=$(SMOKE_FIGURES) NRN_CACHE=$(TEST_CACHE) $(PY) -m pytest tests/unit -m wrong_type \
 	  -p no:cacheprovider -q

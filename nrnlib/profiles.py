@@ -131,7 +131,9 @@ class Profile:
         return list(self.deactivation_tasks) if self.deactivation_tasks is not None else self.task_names()
 
 
-# Minutes per notebook on this project's 2-core CPU machine, uncached: smoke measured; standard 00 measured
+# Minutes per notebook on this project's 2-core CPU machine, uncached. smoke: measured under nbval in one
+# single-process pytest pass on a busy machine (load about 3), 2026-12-07: 00 54 s, 01 205, 02 128, 03 about 130,
+# 04 153, 05 69, 06 355 (its two methods x two orders), 07 89; rounded up. standard: 00 measured
 # at 16 min (971 s on one thread with a cold cache, from clean commit 76071e1; 57 min at 068c490); 01 with
 # the ablation check and the null model at 41 min (2,479 s on one thread with a cold cache, from clean
 # commit 98a5601); 02 over the grid at 49 min (2,943 s on 2 cores from clean commit cac7baa, attribution
@@ -139,7 +141,7 @@ class Profile:
 # measured end to end at 70 min (4,224 s on 2 cores, its models shared over two single-threaded processes,
 # from clean commit 7afbb12; at 3 epochs it took 72 min on one thread); 05 at 118 min (7,107 s on one
 # thread, from clean commit 342dfc3).
-_SMOKE_MINUTES = {"00": 1.5, "01": 1.8, "02": 2.0, "03": 2.0, "04": 2.0, "05": 1.5, "06": 1.5, "07": 1.5}
+_SMOKE_MINUTES = {"00": 1.0, "01": 3.5, "02": 2.2, "03": 2.2, "04": 2.6, "05": 1.2, "06": 6.0, "07": 1.5}
 # measured end to end (06 at 138 min from clean commit 80e605f); 04: its 3-seed run's computed work summed, 753
 # thread-minutes (62 runs 708) from clean commits f05638a..a28b7d1 with the same code digests, two processes at once
 _STANDARD_MINUTES = {"00": 16, "01": 41, "02": 49, "03": 96, "04": 377, "05": 118, "06": 138, "07": 70}

@@ -78,7 +78,9 @@ def test_an_error_in_the_parent_stops_the_helpers(cache):
     with pytest.raises(KeyboardInterrupt):
         run_jobs([broken] + [_square_job(i, log, delay=2.0) for i in range(1, 4)], workers=2, progress=False)
     assert _children() <= before  # the helper was stopped and waited for, not left running
-    assert len(_computations(log)) <= 1  # it had time for at most the job it was in
+    # it had time for at most the job it was in. (When the helper is scheduled first after the fork, it claims
+    # the broken job itself, leaves, and the parent computes the rest before raising: no helper computation.)
+    assert len([pid for _, pid in _computations(log) if pid != os.getpid()]) <= 1
 
 
 def test_without_the_cache_everything_runs_here(cache, monkeypatch):
