@@ -7,6 +7,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nrnlib-installed
 SMOKE_FIGURES ?= $(CURDIR)/.nrn_cache/figures-smoke
+# Python writes .pyc files here even where the environment sets PYTHONDONTWRITEBYTECODE (this machine and CI
+# do): with pip's --no-compile below, every process (each test worker, notebook kernel and subprocess) would
+# otherwise compile torch, transformers and sympy from source again, about 10-15 s each (measured: a notebook's
+# first cell 30 s without .pyc files). An empty value is "not set" for Python.
+export PYTHONDONTWRITEBYTECODE :=
 # `make test` keeps its cache inside the checkout (never the user's own results cache)
 TEST_CACHE ?= $(CURDIR)/.nrn_cache/cache
 
