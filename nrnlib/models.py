@@ -16,11 +16,13 @@ column j of W_1 and row j of W_2, in the paper's x @ W convention).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,13 +184,36 @@ def _dequantize(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = dict(gguf_file=gguf.name, local_files_only=True)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
-    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
+    with _gguf_read_once():
+        tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
     if hasattr(hf.config, "quantization_config"):  # dequantized already: save as plain fp32
         del hf.config.quantization_config
     hf.hf_quantizer = None
     hf.save_pretrained(out)
     tok.save_pretrained(out)
+
+
+@contextlib.contextmanager
+def _gguf_read_once() -> Iterator[None]:
+    """Within the block, ``gguf.GGUFReader`` and ``gguf.get_tensor_name_map`` are memoized: transformers
+    reads the file three times (tokenizer, config, weights) and rebuilds the tensor name map once per
+    submodule (397 times for SmolLM2), which made the first load about 42 s on one CPU thread, most of
+    it parsing; with both memoized it takes about 15. Both are read-only lookups, so sharing them is
+    safe. Without these names (another gguf version) nothing is patched."""
+    import functools
+
+    import gguf as gguf_lib
+
+    names = [n for n in ("GGUFReader", "get_tensor_name_map") if callable(getattr(gguf_lib, n, None))]
+    saved = {n: getattr(gguf_lib, n) for n in names}
+    try:
+        for n in names:
+            setattr(gguf_lib, n, functools.lru_cache(maxsize=None)(saved[n]))
+        yield
+    finally:
+        for n in names:
+            setattr(gguf_lib, n, saved[n])
 
 
 def load_tokenizer(name: str = DEFAULT_MODEL):

@@ -77,7 +77,8 @@ class Profile:
         "neurons": (3e-4, 1e-3, 3e-3), "all": (1e-5, 3e-5, 1e-4), "lora": (1e-4, 3e-4, 1e-3)})
     # notebook 07 (Paper B on its protocol: LoRA on q, v): the tasks E is trained on (None: every task of role
     # "train") and the held-out tasks sharing no label with them; training examples per task and test prompts
-    # read per task (None: n_eval); LoRA learning rate, epochs and examples per step (Paper B: 5e-5, 3, 16);
+    # read per task (None: n_eval); LoRA learning rate, epochs (the cap when notebook 07 trains to convergence on
+    # the dev loss) and examples per step (Paper B: 5e-5, 3, 16);
     # the tasks that get a ceiling (a second control, seed + 1) and the tasks whose controls read each other's
     # prompts (cross-task controls); None: every task
     lbl_seen: tuple[str, ...] | None = None
@@ -157,7 +158,7 @@ PROFILES = {
                      n_deactivation=4, deactivation_tasks=("word_polarity", "antonym"),
                      # 03 under smoke: the neuron arms only ("all parameters" trains in 06's seqft and the unit tests)
                      finetune_tasks=("word_polarity", "antonym"), n_finetune_eval=4, all_arm_seeds=(),
-                     ablation_tasks=("word_polarity", "reverse_dictionary", "antonym"), n_ablation_neurons=5,
+                     ablation_tasks=("word_polarity", "reverse_dictionary", "antonym"), n_ablation_neurons=8,
                      proportions=(0.10, 1.0), individual_proportions=(0.10,), n_generalization_eval=4,
                      # 06 under smoke: the baseline and W-NCFT, two orders (the verdicts pair by order and seed
                      # and need two pairs); NCFT, random, replay and LoRA sequences run in the unit tests on the
@@ -196,9 +197,10 @@ PROFILES = {
                         dev_size=32, eval_every=10, patience=2, max_steps=200,
                         lr_grids={"neurons": (1e-3, 3e-3), "all": (3e-5,), "lora": (1e-4, 3e-4, 1e-3)},
                         # 07: LoRA lr fixed at 1e-3 (pilot: lower loss after 15 steps than 3e-4 or 1e-4); 80 examples
-                        # per task, 6 epochs (at 3, the controls' losses were still falling), 60 prompts read
-                        # (n_eval); the models shared over NRN_WORKERS processes (notebook 07's budget)
-                        n_lbl_train=80, lbl_lora_lr=1e-3, lbl_lora_epochs=6.0,
+                        # per task after the dev split, trained to convergence on the dev loss with a cap of 10 epochs
+                        # (at 3 and at 6 fixed epochs some losses were still falling), 60 prompts read (n_eval); the
+                        # models shared over NRN_WORKERS processes (notebook 07's budget)
+                        n_lbl_train=80, lbl_lora_lr=1e-3, lbl_lora_epochs=10.0,
                         lbl_ceiling=("word_polarity", "reverse_dictionary", "antonym", "hypernym"),
                         lbl_cross=("word_polarity", "reverse_dictionary", "trivia_qa", "antonym", "hypernym")),
     "full": Profile("full", n_eval=500, n_attribution=256, n_train=1000, finetune_steps=300,
