@@ -61,13 +61,18 @@
 # that the notebook runs, its numbers mean nothing.
 #
 # **LoRA** (`nrnlib.lora`, Paper B's settings from its code): rank 8, α 16, no dropout, AdamW, cosine
-# schedule without warm-up, 16 examples per step, 3 epochs over the training examples, gradient norm
-# clipped at 1; the adapter is merged into the weights after training. $E$ passes as many times over the
-# union of the seen tasks' examples as each control over its own, so $E$ sees each task as often as its
-# control. **Epochs:** `full` keeps Paper B's 3. `standard` trains only 80 examples per task, and at 3
-# epochs (15 steps per control) the first run's controls were still falling at their last step (trivia
-# QA −1.19 nats over the last half, WordNet category −0.69, hypernym −0.61): it uses 6 epochs, and
-# section 3 checks every curve against a rule fixed before the run.
+# schedule without warm-up, 16 examples per step, gradient norm clipped at 1; the adapter is merged into
+# the weights after training. **Trained to convergence, as every model of notebooks 03–06**
+# (`nrnlib.protocol`): a dev split is carved from each task's train split, the dev loss is measured before
+# training and after every epoch, and training stops once it has not improved for `patience` epochs; the
+# adapter of the lowest dev loss is kept. Paper B's epoch count becomes the cap, and its cosine schedule
+# runs over that cap (as a Hugging Face Trainer with early stopping does: a run that stops early never
+# takes the lr to 0). $E$'s epoch is a pass over the union of the seen tasks' examples, so $E$ sees each
+# task as often per epoch as its control. **Why:** with fixed epochs there is no length that fits every
+# model. The first `standard` run, at 3 epochs (15 steps per control), left controls still falling at their
+# last step (trivia QA −1.19 nats over the last half, WordNet category −0.69, hypernym −0.61); at 6 epochs
+# 5 of 15 models were still falling by the rule of section 3. `full` caps at Paper B's 3 epochs, `standard`
+# at 10, and section 3 shows where each model stopped and why.
 # **Learning rate:** Paper B's 5e-5 over a few dozen steps barely moves a 135M model, and choosing
 # the lr on the profile's grid (three values) would triple the cost of every model, which the CPU budget
 # cannot carry. So the lr is fixed per profile and stated: `full` keeps Paper B's 5e-5 (3 epochs over up to
@@ -112,13 +117,17 @@
 # for antonym, $L \approx 60$; 16.7 s for tweet sentiment, $L \approx 102$; 32.9 s for news topic,
 # $L \approx 210$), and reading states costs 3.9 ms per padded prompt token (14 s for 64 antonym prompts,
 # 54 s for 64 news prompts). $E$'s batches mix all six seen tasks, so almost every one holds a news article
-# or a headline-generation article and is padded to $L \approx 199$: 31 s per step. With 80 training
-# examples per task (trivia QA has 60) and 6 epochs: 30 steps per control (24 for trivia QA) and
-# $6 \lceil 460/16 \rceil = 174$ steps for $E$; 60 test prompts read per task (`n_eval`). The first
-# `standard` run (3 epochs) estimated 2.0 h on one thread by this plan and took 72 min: the costs are
-# upper bounds. The trained models are shared over `NRN_WORKERS` processes of one thread each
-# (`workers.run_jobs`: $E$, the longest, on one; the controls and ceilings on the other), so on 2 cores
-# the wall time is about half the plan's one-thread total.
+# or a headline-generation article and is padded to $L \approx 199$: 31 s per step. The dev split takes 32
+# examples of each task's train split (15 of trivia QA's 60), then 80 training examples per task (trivia
+# QA: 45): 5 steps per epoch per control (3 for trivia QA) and $\lceil 445/16 \rceil = 28$ for $E$, so at
+# the cap of 10 epochs 50 steps per control and 280 for $E$, with a dev evaluation before training and
+# after every epoch; 60 test prompts read per task (`n_eval`). Up to the cap the plan below gives about
+# 6.4 h on one thread, but the plan's costs are upper bounds: the 3-epoch run was planned at 2.0 h and
+# took 72 min on one thread, the 6-epoch run was planned at 3.7 h and took 70 min on 2 cores (about
+# 140 thread-minutes, 1.6x below the plan). The trained models are shared over `NRN_WORKERS` processes of
+# one thread each (`workers.run_jobs`: $E$, the longest, on one; the controls and ceilings on the other),
+# so on 2 cores the wall time is about half the one-thread total: at most about 2 h here, less where
+# models stop early.
 #
 # Cross-task controls among word polarity, reverse dictionary, trivia QA, antonym and hypernym (each of
 # their controls reads the other four tasks); ceilings for four cheap tasks only. `full` has both for
@@ -144,6 +153,7 @@ from nrnlib.encoding import example_ids
 from nrnlib.experiments.layer_verdicts import DELTA, EARLY_LEVEL, early_blocks
 from nrnlib.models import load_model
 from nrnlib.profiles import get_profile
+from nrnlib.protocol import Protocol
 from nrnlib.representations import last_token_states, layer_cka
 from nrnlib.store import save_results
 from nrnlib.tasks import get_task
@@ -157,11 +167,14 @@ seen, unseen = experiments.lbl_tasks(profile)
 tasks = seen + unseen
 lora = experiments.lbl_lora(profile)
 n_read = experiments.lbl_n_read(profile)
+protocol = Protocol.from_profile(profile)  # dev split, patience; the LoRA models take lr, batch and the cap from lora
 ceiling = list(profile.lbl_ceiling) if profile.lbl_ceiling is not None else tasks
 cross = list(profile.lbl_cross) if profile.lbl_cross is not None else tasks
 print(f"profile {profile.name}: seen {seen}; unseen {unseen}")
-print(f"LoRA r {lora.r}, alpha {lora.alpha:g} on {list(lora.targets)}, lr {lora.lr:g}, {lora.epochs:g} epochs, "
-      f"{lora.batch_size} per step; {profile.n_lbl_train} training examples per task, {n_read} test prompts read")
+print(f"LoRA r {lora.r}, alpha {lora.alpha:g} on {list(lora.targets)}, lr {lora.lr:g}, at most {lora.epochs:g} "
+      f"epochs, {lora.batch_size} per step; {profile.n_lbl_train} training examples per task after a dev split of "
+      f"{protocol.dev_size}, stopped after {protocol.patience} epochs without a lower dev loss; {n_read} test "
+      "prompts read")
 print(f"ceiling for {ceiling}; cross-task controls among {cross}")
 started = time.perf_counter()
 model = load_model(MODEL)
@@ -169,13 +182,14 @@ n_blocks = int(model.cfg.n_layers)
 
 # %% [markdown]
 # ## 1. The plan: every model, its steps and its tokens
-# The steps and padded tokens are exactly those the trainer and the reader will run (same examples,
-# same seeded order, same padding); seconds use the measured one-thread costs above (a GPU is far faster).
+# The steps and padded tokens are exactly those the trainer and the reader will run up to the cap (same
+# examples, same seeded order, same padding; a model that stops early runs fewer), with the dev-loss
+# evaluations; seconds use the measured one-thread costs above (a GPU is far faster): an upper bound.
 
 # %%
 plan = experiments.lbl_plan(model, profile, tasks, seen, lora, ceiling, cross, seed=SEED, n_train=profile.n_lbl_train,
-                            n_read=n_read, cost=CPU_COST)
-print(f"{int(plan.steps.sum())} LoRA steps, {int(plan.train_tokens.sum()):,} padded training tokens, "
+                            n_read=n_read, cost=CPU_COST, protocol=protocol)
+print(f"at most {int(plan.steps.sum())} LoRA steps, {int(plan.train_tokens.sum()):,} padded training tokens, "
       f"{int(plan.read_tokens.sum()):,} padded prompt tokens read; estimated "
       f"{plan.seconds.sum() / 60:.0f} min on one CPU thread, uncached")
 plan.round(1)
@@ -183,12 +197,12 @@ plan.round(1)
 # %% [markdown]
 # ## 2. Train and read every model
 # One call: each trained model's states are one cache entry (its key holds the model's weights, the LoRA
-# settings, the seed and the exact training and read examples), so an interrupted run resumes at the next
-# model. The floor is the null model read the same way.
+# settings, the protocol, the seed and the exact training, dev and read examples), so an interrupted run
+# resumes at the next model. The floor is the null model read the same way.
 
 # %%
 states = experiments.mossa_states(model, profile, tasks, seen, seed=SEED, method="lora", lora=lora, ceiling=ceiling,
-                                  cross=cross, n_train=profile.n_lbl_train, n_read=n_read)
+                                  cross=cross, n_train=profile.n_lbl_train, n_read=n_read, protocol=protocol)
 
 # %%
 null_model = load_model(NULL_MODEL, seed=0)
@@ -196,26 +210,38 @@ floor = experiments.base_states(null_model, profile, tasks, n_read)
 del null_model
 
 # %% [markdown]
-# ## 3. Did every model train?
-# What to look at: every curve should fall and then flatten before its last step (the cosine schedule
-# takes the lr to 0 at the end, so a curve still falling steeply means an under-trained model, and a
-# comparison with it says less). $E$'s curve is longer: it passes over all seen tasks. The rule, fixed
-# before the run (`loss_summary`): a model is *still falling* when the least-squares change of its loss
-# over the last half of its steps is below −0.1 nats with its 95% CI below 0.
+# ## 3. Did every model converge?
+# What to look at: each panel is one task (its control, and its ceiling where there is one; $E$ has its own
+# panel), the dev loss at every epoch. A curve should fall, reach its lowest point and then stop falling; the
+# model keeps the weights of that lowest point. The rule, fixed before the run (the protocol's): a model has
+# *converged* when training stopped early, its dev loss not lower for `patience` epochs; one that reached the
+# cap may still have been improving.
 
 # %%
-losses = experiments.loss_table(states["losses"])
-fig = plots.lines_figure(losses, "step", "loss", "model", f"Training loss of every model ({profile.name}; LoRA lr "
-                         f"{lora.lr:g})", labels={"loss": "answer cross-entropy (nats)", "step": "optimizer step"})
-plots.save_figure(fig, "07_loss_curves", width=1100, height=550, profile=profile.name)
+fig = plots.loss_curves_figure(experiments.lora_runs(states, lr=lora.lr, seed=SEED),
+                               f"Dev loss of every LoRA model at each epoch ({profile.name}; lr {lora.lr:g}, "
+                               f"cap {lora.epochs:g} epochs)", facet_col_wrap=4)
+plots.save_figure(fig, "07_loss_curves", width=1200, height=750, profile=profile.name)
 fig
+
+# %%
+convergence = experiments.convergence_table(states)
+capped = convergence[convergence.stopped != "early"].model.tolist()
+print(f"Reading: {len(convergence) - len(capped)} of {len(convergence)} models stopped early on their dev loss; "
+      f"at the cap: {capped or 'none'}; best epoch {convergence.best_epoch.min():.1f} to "
+      f"{convergence.best_epoch.max():.1f} (median {convergence.best_epoch.median():.1f})")
+convergence.round(3)
+
+# %% [markdown]
+# The training loss too, by a second rule fixed before the run (`loss_summary`): *still falling* when the
+# least-squares change of the training loss over the last half of the steps is below −0.1 nats with its
+# 95% CI below 0. Training loss may still fall after the dev loss has turned (the model starts to fit its
+# training examples rather than the task): that is what early stopping is for.
 
 # %%
 loss_summary = experiments.loss_summary(states["losses"])
 falling = loss_summary[loss_summary.still_falling].model.tolist()
-print("Reading: loss over the first and the last fifth of the steps, and how much it still moved over the last "
-      "half (least-squares slope x steps, with its 95% CI; near 0 once flat)")
-print(f"still falling by the rule: {len(falling)} of {len(loss_summary)} models {falling}")
+print(f"training loss still falling by the rule: {len(falling)} of {len(loss_summary)} models {falling}")
 loss_summary.round(3)
 
 # %% [markdown]
@@ -351,8 +377,9 @@ save_results(f"07_layer_by_layer_{profile.name}", {
     "model": MODEL, "seen": seen, "unseen": unseen, "lora": lora.key(), "n_train": profile.n_lbl_train,
     "n_read": n_read, "ceiling": ceiling, "cross": cross, "estimator": estimator, "early_level": EARLY_LEVEL,
     "early_blocks": list(early_blocks(n_blocks)), "delta": DELTA, "cpu_cost": CPU_COST,
-    "plan": plan.to_dict(orient="records"), "loss_summary": loss_summary.to_dict(orient="records"),
-    "losses": {k: v.tolist() for k, v in states["losses"].items()},
+    "protocol": protocol.run_settings(), "plan": plan.to_dict(orient="records"),
+    "convergence": convergence.to_dict(orient="records"), "loss_summary": loss_summary.to_dict(orient="records"),
+    "losses": {k: v.tolist() for k, v in states["losses"].items()}, "dev_curves": states["curves"],
     "ranges": {"seen": ranges_seen, "unseen": ranges_unseen, "paper_b": paper},
     "gap": {"seen": gap_seen.to_dict(orient="records"), "unseen": gap_unseen.to_dict(orient="records")},
     "sweep": sweep.to_dict(orient="records"), "mean_curves": mean.to_dict(orient="records"),

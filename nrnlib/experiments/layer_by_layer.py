@@ -14,6 +14,12 @@ Two training methods (``method``):
 - ``"lora"`` (notebook 07): Paper B's protocol (``nrnlib.lora``: LoRA on q_proj and v_proj, r 8, α 16, lr 5e-5,
   cosine, ``epochs`` over the training examples, 16 per step, from ``LoraSettings``); E then passes
   over the union of the training tasks' examples as many times as each control over its own.
+  With a ``protocol`` (``nrnlib.protocol.Protocol``; notebook 07 passes the profile's) the LoRA models
+  are trained as every fine-tuned model of notebooks 03-06 is: a dev split carved from each task's
+  train split, the dev loss after every epoch, training stopped when it has not improved for
+  ``protocol.patience`` epochs and the adapter of the lowest dev loss kept; ``epochs`` is then the
+  cap, and Paper B's cosine schedule runs over that cap (``cosine_lora_training``), as the Hugging
+  Face Trainer does with early stopping.
 
 For every task and layer: ``CKA(E, C_t)`` and ``CKA(base, C_t)`` of the residual stream at the last
 prompt token of the task's test prompts (``representations.last_token_states``), linear CKA, biased
@@ -37,7 +43,10 @@ grid) and ``gap_ranges`` (a rule on the E − base gap with a bootstrap CI over 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -47,10 +56,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from nrnlib import store
-from nrnlib.finetune import finetune
-from nrnlib.lora import LoraSettings, train_lora
+from nrnlib.finetune import _encode_items, _order, _training_items, finetune
+from nrnlib.lora import LoraSettings, cosine_factor, lora_training, train_lora
 from nrnlib.model_state import model_fingerprint, restored_after
 from nrnlib.profiles import Profile
+from nrnlib.protocol import PROTOCOL_CODE, Protocol, dev_split, train_to_convergence
 from nrnlib.representations import last_token_states, layer_cka
 from nrnlib.tasks import get_task
 from nrnlib.workers import run_jobs
@@ -60,7 +70,73 @@ METHODS = ("full", "lora")
 READ_CODE = ("representations", "encoding", "losses", "experiments.layer_by_layer")
 STATES_CODE = ("finetune", *READ_CODE)
 LORA_CODE = ("finetune", "lora", *READ_CODE)
+LORA_PROTOCOL_CODE = (*PROTOCOL_CODE, *LORA_CODE)
 LOSSES = "__losses__"  # key of the training loss curve in a cached states entry
+# keys of the dev-loss curve (protocol runs): evaluation steps, dev losses, and [best step, steps, cap, stopped]
+DEV_STEPS, DEV_LOSS, RUN = "__dev_steps__", "__dev_loss__", "__run__"
+STOPPED = ("max_steps", "early", "diverged")  # RUN's last entry indexes this
+
+
+class _ScheduledLora:
+    """A ``protocol.TrainerLike``: a ``lora.LoraTrainer`` whose lr follows ``schedule`` (stepped after
+    every optimizer step)."""
+
+    def __init__(self, trainer, schedule: torch.optim.lr_scheduler.LRScheduler) -> None:
+        self.trainer, self.schedule = trainer, schedule
+        self.n_trainable_entries = trainer.n_trainable_entries
+
+    def step(self, batch, total: int | None = None) -> float:
+        value = self.trainer.step(batch, total=total)
+        self.schedule.step()
+        return value
+
+    def state(self) -> list[Tensor]:
+        return self.trainer.state()
+
+    def load_state(self, state: Sequence[Tensor]) -> None:
+        self.trainer.load_state(state)
+
+
+def cosine_lora_training(settings: LoraSettings, seed: int, total: int):  # noqa: ANN201 - a factory
+    """``lora.lora_training(settings, seed)`` (a fresh adapter, merged when the block ends) with Paper
+    B's schedule over the step cap: ``lr_t = lr · cosine_factor(t, total, settings.warmup_steps)`` at
+    optimizer step t = 0, 1, ... (``lr`` is the protocol's). A run stopped early on its dev loss ends
+    before the lr reaches 0, as a Hugging Face Trainer with a cosine schedule and early stopping does."""
+    total = int(total)
+
+    @contextlib.contextmanager
+    def factory(model, lr: float, weight_decay: float) -> Iterator[_ScheduledLora]:
+        with lora_training(settings, seed)(model, lr=lr, weight_decay=weight_decay) as trainer:
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                trainer.optimizer, lambda t: cosine_factor(t, total, settings.warmup_steps))
+            yield _ScheduledLora(trainer, schedule)
+
+    return factory
+
+
+def lora_run_protocol(protocol: Protocol, lora: LoraSettings, n_examples: int) -> Protocol:
+    """The protocol of one LoRA model over ``n_examples`` training examples: ``lora``'s batch size and
+    weight decay, the dev loss after every epoch (``eval_every = ceil(n / batch_size)`` steps), the cap
+    ``lora.total_steps(n)`` (``epochs`` epochs); patience, dev size and the rest from ``protocol``."""
+    per_epoch = math.ceil(n_examples / lora.batch_size)
+    return replace(protocol, batch_size=lora.batch_size, weight_decay=lora.weight_decay, eval_every=per_epoch,
+                   max_steps=lora.total_steps(n_examples))
+
+
+def _protocol_items(tasks, protocol: Protocol) -> list[tuple[object, dict]]:
+    """(task, example) pairs a protocol run trains on: each task's dev-split train examples."""
+    return [(t, ex) for t in tasks
+            for ex in dev_split(t, protocol.dev_size, protocol.n_train, protocol.max_dev_fraction).train]
+
+
+def train_lora_to_convergence(model, tasks, lora: LoraSettings, protocol: Protocol, seed: int = 0):
+    """Train a LoRA adapter on ``tasks`` under ``lora_run_protocol`` (dev loss per epoch, early
+    stopping, the best adapter merged into ``model`` in place) at ``lora.lr`` with the cosine schedule
+    over the cap; returns the ``protocol.Curve``. Call it inside ``restored_after(model)``."""
+    tasks = [get_task(t) if isinstance(t, str) else t for t in tasks]
+    run = lora_run_protocol(protocol, lora, len(_protocol_items(tasks, protocol)))
+    return train_to_convergence(model, tasks, run, lr=lora.lr, seed=seed,
+                                trainer=cosine_lora_training(lora, seed, run.max_steps))
 
 
 def _task_digest(name: str, split: str, n: int) -> str:
@@ -81,18 +157,28 @@ def _read(model, read_tasks: Sequence[str], n_read: int, batch_size: int
 
 
 def _train_and_read(model, train_tasks, read_tasks, *, method: str, steps: int, lr: float, lora: LoraSettings,
-                    profile: Profile, seed: int, n_train: int, n_read: int) -> dict[str, Tensor]:
+                    profile: Profile, seed: int, n_train: int, n_read: int,
+                    protocol: Protocol | None = None) -> dict[str, Tensor]:
     """Train a copy of ``model`` (restored afterwards) and read its states; the loss curve rides along
-    under ``LOSSES``."""
+    under ``LOSSES`` (and, for a protocol run, the dev curve under ``DEV_STEPS``, ``DEV_LOSS``, ``RUN``)."""
+    extra = {}
     with restored_after(model):
         tasks = [get_task(t) for t in train_tasks]
         if method == "full":
-            log = finetune(model, tasks, steps=steps, lr=lr, seed=seed, batch_size=profile.finetune_batch_size,
-                           n_train=n_train, progress=False)
+            train_loss = finetune(model, tasks, steps=steps, lr=lr, seed=seed, batch_size=profile.finetune_batch_size,
+                                  n_train=n_train, progress=False).losses
+        elif protocol is None:
+            train_loss = train_lora(model, tasks, lora, seed=seed, n_train=n_train, progress=False).losses
         else:
-            log = train_lora(model, tasks, lora, seed=seed, n_train=n_train, progress=False)
+            curve = train_lora_to_convergence(model, tasks, lora, replace(protocol, n_train=n_train), seed=seed)
+            train_loss = curve.train_loss
+            cap = lora_run_protocol(protocol, lora, len(_protocol_items(tasks, replace(protocol, n_train=n_train))))
+            extra = {DEV_STEPS: torch.tensor(curve.dev_steps, dtype=torch.int64),
+                     DEV_LOSS: torch.tensor(curve.dev_loss, dtype=torch.float64),
+                     RUN: torch.tensor([curve.best_step, curve.steps, cap.max_steps, STOPPED.index(curve.stopped)],
+                                       dtype=torch.int64)}
         out = _read(model, read_tasks, n_read, profile.batch_size)
-    return {**out, LOSSES: torch.tensor(log.losses, dtype=torch.float64)}
+    return {**out, LOSSES: torch.tensor(train_loss, dtype=torch.float64), **extra}
 
 
 def base_states(
@@ -124,7 +210,7 @@ def mossa_states(
     model, profile: Profile, tasks: Sequence[str], train_tasks: Sequence[str], lr: float = 1e-4, seed: int = 0,
     method: str = "full", lora: LoraSettings | None = None, ceiling: bool | Sequence[str] = False,
     cross: bool | Sequence[str] = False, n_train: int | None = None, n_read: int | None = None,
-    workers: int | None = None,
+    workers: int | None = None, protocol: Protocol | None = None,
 ) -> dict[str, dict]:
     """States ``[layers+1, n, d_model]`` per model kind and task; each trained model's states are one
     cache entry (key: model fingerprint, method and its settings, seed, the exact train and read
@@ -139,9 +225,16 @@ def mossa_states(
     (``lora``, default ``LoraSettings()``: Paper B's). ``n_train`` / ``n_read``: training examples per
     task and test prompts read (default the profile's ``n_train`` and ``n_eval``). The models are
     trained by ``workers`` processes (``workers.run_jobs``; default ``$NRN_WORKERS``).
+
+    ``protocol`` (method "lora" only): train each LoRA model to convergence on its dev loss
+    (``train_lora_to_convergence``; ``lora.epochs`` is the cap, ``n_train`` examples per task after
+    the dev split); the result then also has ``"curves": {name: {"dev_steps", "dev_loss", "best_step",
+    "steps", "max_steps", "stopped"}}``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if protocol is not None and method != "lora":
+        raise ValueError(f"a protocol trains the LoRA models (method='lora'), got method={method!r}")
     ceiling_tasks = _subset(ceiling, tasks, "ceiling")
     cross_tasks = _subset(cross, tasks, "cross")
     lora = LoraSettings() if lora is None else lora
@@ -153,17 +246,25 @@ def mossa_states(
         """One trained model's states, cached: the key holds every train and read task's exact examples."""
         digests = {f"train:{t}": _task_digest(t, "train", n_train) for t in trained}
         digests |= {f"read:{t}": _task_digest(t, "test", n_read) for t in read}
+        code = STATES_CODE if method == "full" else LORA_CODE
         if method == "full":
             settings = {"steps": steps, "lr": lr, "batch_size": profile.finetune_batch_size}
         else:
             settings = {"lora": lora.key()}
+        if protocol is not None:  # the dev-split train examples, the dev examples, and the protocol of this run
+            run = replace(protocol, n_train=n_train)
+            tasks_run = [get_task(t) for t in trained]
+            digests = {f"train:{k}": v for t in tasks_run
+                       for k, v in dev_split(t, run.dev_size, run.n_train, run.max_dev_fraction).digests().items()}
+            digests |= {f"read:{t}": _task_digest(t, "test", n_read) for t in read}
+            settings["protocol"] = lora_run_protocol(run, lora, len(_protocol_items(tasks_run, run))).run_settings()
+            code = LORA_PROTOCOL_CODE
         settings |= {"model_kind": kind, "method": method, "seed": run_seed, "batch_size_read": profile.batch_size}
         return store.cached(
             "mossa_states", lambda: _train_and_read(model, trained, read, method=method, steps=steps, lr=lr,
                                                     lora=lora, profile=profile, seed=run_seed, n_train=n_train,
-                                                    n_read=n_read),
-            settings=settings, code=STATES_CODE if method == "full" else LORA_CODE, model=model, fingerprint=fp,
-            tasks=digests, fmt="tensors")
+                                                    n_read=n_read, protocol=protocol),
+            settings=settings, code=code, model=model, fingerprint=fp, tasks=digests, fmt="tensors")
 
     out: dict[str, dict] = {"base": base_states(model, profile, tasks, n_read, fp), "control": {}, "losses": {},
                             "train_tasks": list(train_tasks)}
@@ -178,9 +279,15 @@ def mossa_states(
         out["cross"] = {}
     if ceiling_tasks:
         out["ceiling"] = {}
+    if protocol is not None:
+        out["curves"] = {}
     for (name, t), got in zip(models, read, strict=True):
         got = dict(got)
         out["losses"][name] = got.pop(LOSSES)
+        if protocol is not None:
+            best, steps, cap, stopped = got.pop(RUN).tolist()
+            out["curves"][name] = {"dev_steps": got.pop(DEV_STEPS).tolist(), "dev_loss": got.pop(DEV_LOSS).tolist(),
+                                   "best_step": best, "steps": steps, "max_steps": cap, "stopped": STOPPED[stopped]}
         if t is None:
             out["E"] = got
         elif name.startswith("ceiling:"):
@@ -277,12 +384,14 @@ def lbl_n_read(profile: Profile) -> int:
 
 
 def _padded_train_tokens(model, tasks: Sequence[str], lora: LoraSettings, seed: int,
-                         n_train: int) -> tuple[int, int, int]:
-    """(examples, steps, padded tokens) of ``train_lora`` on these tasks: the same examples, seeded
-    order and batches, each batch padded to its longest prompt + answer."""
-    from nrnlib.finetune import _encode_items, _order, _training_items
-
-    encoded = _encode_items(model, _training_items([get_task(t) for t in tasks], n_train))
+                         n_train: int, protocol: Protocol | None = None) -> tuple[int, int, int]:
+    """(examples, steps, padded tokens) of ``train_lora`` on these tasks (with a ``protocol``: of
+    ``train_lora_to_convergence`` run to its cap): the same examples, seeded order and batches, each
+    batch padded to its longest prompt + answer."""
+    tasks = [get_task(t) for t in tasks]
+    items = (_training_items(tasks, n_train) if protocol is None
+             else _protocol_items(tasks, replace(protocol, n_train=n_train)))
+    encoded = _encode_items(model, items)
     steps = lora.total_steps(len(encoded))
     order = _order(len(encoded), seed)
     tokens = 0
@@ -305,15 +414,18 @@ def _padded_read_tokens(model, task: str, n_read: int, batch_size: int) -> int:
 def lbl_plan(
     model, profile: Profile, tasks: Sequence[str], train_tasks: Sequence[str], lora: LoraSettings,
     ceiling: Sequence[str] = (), cross: Sequence[str] = (), seed: int = 0, n_train: int | None = None,
-    n_read: int | None = None, cost: Mapping[str, float] | None = None,
+    n_read: int | None = None, cost: Mapping[str, float] | None = None, protocol: Protocol | None = None,
 ) -> pd.DataFrame:
     """One row per model ``mossa_states`` (plus the floor) will train or read: model, trained_on,
     examples, steps (``lora.total_steps``), train_tokens (padded, exactly as ``train_lora`` batches
     them), reads (tasks read), read_tokens (padded prompt tokens, batches of ``profile.batch_size``).
+    With a ``protocol`` the examples are those after the dev split and steps is the cap (a run stopped
+    early takes fewer), and a column dev_tokens gives the padded tokens of its dev-loss evaluations up to
+    the cap (one before training and one per epoch; forward passes, costed as reads).
 
     With ``cost`` = ``{"step_s", "train_token_s", "read_token_s"}`` (measured seconds per optimizer
     step, per padded training token and per padded read token) a column ``seconds`` =
-    ``steps · step_s + train_tokens · train_token_s + read_tokens · read_token_s``."""
+    ``steps · step_s + train_tokens · train_token_s + (read_tokens + dev_tokens) · read_token_s``."""
     n_train = profile.n_lbl_train if n_train is None else n_train
     n_read = lbl_n_read(profile) if n_read is None else n_read
     reads = {t: _padded_read_tokens(model, t, n_read, profile.batch_size) for t in tasks}
@@ -321,32 +433,79 @@ def lbl_plan(
              "reads": len(tasks), "read_tokens": sum(reads.values())}]
     rows.append({"model": "floor (null model)", "trained_on": "", "examples": 0, "steps": 0, "train_tokens": 0,
                  "reads": len(tasks), "read_tokens": sum(reads.values())})
-    n, steps, tokens = _padded_train_tokens(model, train_tasks, lora, seed, n_train)
-    rows.append({"model": "E", "trained_on": "+".join(train_tasks), "examples": n, "steps": steps,
-                 "train_tokens": tokens, "reads": len(tasks), "read_tokens": sum(reads.values())})
+    dev = {t: _padded_dev_tokens(model, t, protocol) for t in tasks} if protocol is not None else {}
+
+    def trained(name: str, on: Sequence[str], run_seed: int, read: Sequence[str]) -> dict:
+        n, steps, tokens = _padded_train_tokens(model, on, lora, run_seed, n_train, protocol)
+        row = {"model": name, "trained_on": "+".join(on), "examples": n, "steps": steps, "train_tokens": tokens,
+               "reads": len(read), "read_tokens": sum(reads[u] for u in read)}
+        if protocol is not None:
+            per_epoch = math.ceil(n / lora.batch_size)
+            row["dev_tokens"] = sum(dev[u] for u in on) * (steps // per_epoch + 1)
+        return row
+
+    rows.append(trained("E", train_tasks, seed, tasks))
     for t in tasks:
-        n, steps, tokens = _padded_train_tokens(model, [t], lora, seed, n_train)
-        read = list(cross) if t in cross else [t]
-        rows.append({"model": f"control:{t}", "trained_on": t, "examples": n, "steps": steps, "train_tokens": tokens,
-                     "reads": len(read), "read_tokens": sum(reads[u] for u in read)})
+        rows.append(trained(f"control:{t}", [t], seed, list(cross) if t in cross else [t]))
         if t in ceiling:
-            n, steps, tokens = _padded_train_tokens(model, [t], lora, seed + 1, n_train)
-            rows.append({"model": f"ceiling:{t}", "trained_on": t, "examples": n, "steps": steps,
-                         "train_tokens": tokens, "reads": 1, "read_tokens": reads[t]})
-    plan = pd.DataFrame(rows)
+            rows.append(trained(f"ceiling:{t}", [t], seed + 1, [t]))
+    plan = pd.DataFrame(rows).fillna({"dev_tokens": 0})
     if cost is not None:
         missing = {"step_s", "train_token_s", "read_token_s"} - set(cost)
         if missing:
             raise ValueError(f"cost needs step_s, train_token_s and read_token_s (seconds); missing {sorted(missing)}")
         plan["seconds"] = (plan.steps * cost["step_s"] + plan.train_tokens * cost["train_token_s"]
-                           + plan.read_tokens * cost["read_token_s"])
+                           + (plan.read_tokens + plan.get("dev_tokens", 0)) * cost["read_token_s"])
     return plan
+
+
+def _padded_dev_tokens(model, task: str, protocol: Protocol) -> int:
+    """Padded prompt + answer tokens of one dev-loss evaluation of ``task`` (batches of
+    ``protocol.dev_batch_size``)."""
+    from nrnlib.encoding import example_ids
+
+    split = dev_split(get_task(task), protocol.dev_size, protocol.n_train, protocol.max_dev_fraction)
+    lengths = [sum(map(len, example_ids(model, split.task, ex))) for ex in split.dev]
+    size = protocol.dev_batch_size
+    return sum(len(lengths[i: i + size]) * max(lengths[i: i + size]) for i in range(0, len(lengths), size))
 
 
 def loss_table(losses: Mapping[str, Float[Tensor, " steps"]]) -> pd.DataFrame:
     """Long table of training loss curves (``mossa_states(...)["losses"]``): model, step (1-based), loss."""
     return pd.DataFrame([{"model": name, "step": i + 1, "loss": float(v)}
                          for name, curve in losses.items() for i, v in enumerate(curve.tolist())])
+
+
+def lora_runs(states: Mapping[str, Mapping], lr: float, seed: int = 0) -> list[dict]:
+    """The protocol runs of ``mossa_states(..., protocol=...)`` as ``protocol.run_arm``-style dicts
+    (``protocol.curves_frame``, ``plots.loss_curves_figure``): arm ``"E:seen tasks"``,
+    ``"control:<task>"`` (seed ``seed``), ``"ceiling:<task>"`` (seed + 1)."""
+    if "curves" not in states:
+        raise ValueError("these states have no dev curves: train with mossa_states(..., protocol=...)")
+    runs = []
+    for name, curve in states["curves"].items():
+        kind, _, task = name.partition(":")
+        runs.append({"arm": f"{kind}:{task or 'seen tasks'}", "arm_type": "lora", "lr": float(lr),
+                     "seed": seed + 1 if kind == "ceiling" else seed,
+                     "curve": {**curve, "train_loss": states["losses"][name].tolist()}})
+    return runs
+
+
+def convergence_table(states: Mapping[str, Mapping]) -> pd.DataFrame:
+    """Per model of ``mossa_states(..., protocol=...)``: steps run and the cap, steps per epoch (between
+    two dev evaluations), the best step and its epoch, the dev loss before training and at its best,
+    and why it stopped (``"early"``: the dev loss did not improve for ``patience`` epochs; ``"max_steps"``:
+    it reached the cap, so it may not have converged; ``"diverged"``)."""
+    if "curves" not in states:
+        raise ValueError("these states have no dev curves: train with mossa_states(..., protocol=...)")
+    rows = []
+    for name, c in states["curves"].items():
+        per_epoch = c["dev_steps"][1] - c["dev_steps"][0] if len(c["dev_steps"]) > 1 else max(c["steps"], 1)
+        rows.append({"model": name, "steps": c["steps"], "max_steps": c["max_steps"], "steps_per_epoch": per_epoch,
+                     "best_step": c["best_step"], "best_epoch": c["best_step"] / per_epoch,
+                     "dev_loss_untrained": c["dev_loss"][0], "dev_loss_best": min(c["dev_loss"]),
+                     "stopped": c["stopped"]})
+    return pd.DataFrame(rows)
 
 
 STILL_FALLING_NATS = 0.1  # a fall over the last half of training larger than this, and significant, is not a plateau

@@ -372,3 +372,97 @@ def test_mossa_states_with_two_workers_equals_one_process(llama, tmp_path, monke
         with safe_open(str(path), framework="pt") as f:
             pids.add(json.loads(f.metadata()["provenance"])["pid"])
     assert os.getpid() in pids and len(pids) == 2
+
+
+def test_lora_to_convergence_merges_the_best_epoch_on_a_cosine_over_the_cap(llama, parity_task):
+    """train_lora_to_convergence (notebook 07 under the protocol): the dev loss before training and
+    after every epoch of ceil(n / batch) steps; the model afterwards equals a hand loop (a fresh
+    adapter, AdamW, the protocol's seeded batches, lr_t = lr·½(1 + cos(πt/T)) over the cap T =
+    epochs · steps per epoch) run for exactly the best evaluation's steps and merged; weights restored."""
+    from nrnlib.experiments.layer_by_layer import train_lora_to_convergence
+    from nrnlib.finetune import _encode_items, batch_stream
+    from nrnlib.lora import LoraTrainer
+    from nrnlib.protocol import Protocol, dev_split
+
+    protocol = Protocol(dev_size=2, patience=2, n_train=5)
+    lora = LoraSettings(lr=1.0, epochs=6, batch_size=2)  # a large lr: the dev loss turns, training stops early
+    train = dev_split(parity_task, 2, 5).train  # 8 train examples: 2 dev, the first 5 of the other 6 trained
+    per_epoch, cap = math.ceil(len(train) / 2), 6 * math.ceil(len(train) / 2)
+    snapshot = _snapshot(llama)
+    with restored_after(llama):
+        curve = train_lora_to_convergence(llama, [parity_task], lora, protocol, seed=3)
+        merged = _snapshot(llama)
+    assert _same(llama, snapshot)
+    assert len(train) == 5 and per_epoch == 3
+    assert curve.dev_steps == list(range(0, curve.steps + 1, per_epoch))
+    assert curve.stopped == "early" and curve.best_step < curve.steps < cap  # the best adapter is not the last
+    assert curve.best_dev_loss == min(curve.dev_loss) < curve.dev_loss[0]
+
+    with restored_after(llama), torch.random.fork_rng():
+        torch.manual_seed(3)
+        with lora_adapter(llama, lora, 3) as layers:
+            trainer = LoraTrainer(llama, layers, lora.lr, 0.0, lora.max_grad_norm)
+            batches = batch_stream(llama, _encode_items(llama, [(parity_task, ex) for ex in train]), 2, 3)
+            llama.train()
+            for t in range(curve.best_step):
+                for group in trainer.optimizer.param_groups:
+                    group["lr"] = lora.lr * 0.5 * (1 + math.cos(math.pi * t / cap))
+                trainer.step(next(batches))
+            llama.eval()
+            with torch.no_grad():
+                for layer in layers:
+                    layer.merge()
+        by_hand = _snapshot(llama)
+    assert len(by_hand) == len(merged)
+    for a, b in zip(merged, by_hand, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(merged, snapshot, strict=True))
+
+
+def test_mossa_states_under_the_protocol_has_dev_curves_and_a_cache_key_of_its_own(llama, tmp_path, monkeypatch):
+    """mossa_states(..., protocol=...): every model has a dev curve evaluated once per epoch of its own
+    data (E over the union of the seen tasks), the control's states are those of the model
+    train_lora_to_convergence leaves; convergence_table and lora_runs read the curves; the same call is
+    served from the cache, and another patience is another entry."""
+    from dataclasses import replace
+
+    import nrnlib.experiments.layer_by_layer as LBL
+    from nrnlib.profiles import get_profile
+    from nrnlib.protocol import Protocol, curves_frame, dev_split
+    from nrnlib.representations import last_token_states
+    from nrnlib.tasks import get_task
+
+    monkeypatch.setenv("NRN_CACHE", str(tmp_path))
+    profile = replace(get_profile("smoke"), n_eval=4, batch_size=4)
+    lora = LoraSettings(lr=5e-2, epochs=3, batch_size=2)
+    protocol = Protocol(dev_size=2, patience=1)
+    tasks, train = ["word_polarity", "antonym"], ["word_polarity", "antonym"]
+    states = LBL.mossa_states(llama, profile, tasks, train, method="lora", lora=lora, n_train=4, n_read=4,
+                              protocol=protocol)
+    n_e = sum(len(dev_split(get_task(t), 2, 4).train) for t in train)
+    assert n_e == 8 and states["curves"]["E"]["dev_steps"][:2] == [0, 4]
+    assert states["curves"]["control:antonym"]["dev_steps"][:2] == [0, 2]
+    assert states["curves"]["E"]["max_steps"] == 12 and states["curves"]["control:antonym"]["max_steps"] == 6
+    with restored_after(llama):
+        LBL.train_lora_to_convergence(llama, ["antonym"], lora, replace(protocol, n_train=4), seed=0)
+        direct = last_token_states(llama, get_task("antonym"), n=4, batch_size=4, progress=False)
+    torch.testing.assert_close(states["control"]["antonym"], direct, rtol=0, atol=1e-5)
+    table = LBL.convergence_table(states).set_index("model")
+    assert table.loc["E", "steps_per_epoch"] == 4 and table.loc["control:antonym", "steps_per_epoch"] == 2
+    assert set(table.stopped) <= {"early", "max_steps"}
+    frame = curves_frame(LBL.lora_runs(states, lr=lora.lr))
+    assert set(frame.arm) == {"E:seen tasks", "control:word_polarity", "control:antonym"}
+    assert len(frame[(frame.arm == "E:seen tasks") & (frame.split == "train")]) == states["curves"]["E"]["steps"]
+
+    monkeypatch.setattr(LBL, "train_lora_to_convergence", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("retrained a cached model")))
+    again = LBL.mossa_states(llama, profile, tasks, train, method="lora", lora=lora, n_train=4, n_read=4,
+                             protocol=protocol)
+    assert torch.equal(again["E"]["antonym"], states["E"]["antonym"]) and again["curves"] == states["curves"]
+    with pytest.raises(AssertionError, match="retrained"):
+        LBL.mossa_states(llama, profile, tasks, train, method="lora", lora=lora, n_train=4, n_read=4,
+                         protocol=replace(protocol, patience=2))
+    with pytest.raises(ValueError, match="protocol trains the LoRA models"):
+        LBL.mossa_states(llama, profile, tasks, train, method="full", protocol=protocol)
+    with pytest.raises(ValueError, match="no dev curves"):
+        LBL.convergence_table({"losses": {}})
