@@ -168,7 +168,7 @@ PROFILES = {
                      # the protocol at its smallest: dev loss before training and after each of two steps
                      dev_size=2, eval_every=1, patience=1, max_steps=2,
                      lr_grids={"neurons": (1e-3,), "all": (3e-5,), "lora": (3e-4,)},
-                     lbl_seen=("word_polarity", "reverse_dictionary"), lbl_unseen=("question_topic", "antonym"),
+                     lbl_seen=("word_polarity", "reverse_dictionary"), lbl_unseen=("antonym", "hypernym"),
                      n_lbl_train=2, n_lbl_read=6, lbl_lora_lr=3e-4, lbl_lora_epochs=1.0, lbl_lora_batch_size=2,
                      lbl_ceiling=("word_polarity",), lbl_cross=("word_polarity", "reverse_dictionary")),
     "standard": Profile("standard", n_eval=60, n_attribution=64, n_train=400, finetune_steps=25,

@@ -64,24 +64,26 @@ from nrnlib.experiments.layer_by_layer import (
     base_states,
     check_unseen,
     cka_curves,
-    convergence_table,
-    cosine_lora_training,
     lbl_lora,
     lbl_n_read,
     lbl_plan,
     lbl_tasks,
-    lora_runs,
-    loss_summary,
-    loss_table,
     mossa_states,
     primary_estimator,
-    train_lora_to_convergence,
 )
 from nrnlib.experiments.layer_verdicts import (
     beyond_format_claim,
     early_similarity_claim,
     layer_claims,
     transition_claims,
+)
+from nrnlib.experiments.lbl_training import (
+    convergence_table,
+    cosine_lora_training,
+    lora_runs,
+    loss_summary,
+    loss_table,
+    train_lora_to_convergence,
 )
 from nrnlib.experiments.measures import TasksMeasure, TestMeasure, measure_untrained
 from nrnlib.experiments.ncft import METHODS as NCFT_METHODS

@@ -18,8 +18,8 @@ Two training methods (``method``):
   are trained as every fine-tuned model of notebooks 03-06 is: a dev split carved from each task's
   train split, the dev loss after every epoch, training stopped when it has not improved for
   ``protocol.patience`` epochs and the adapter of the lowest dev loss kept; ``epochs`` is then the
-  cap, and Paper B's cosine schedule runs over that cap (``cosine_lora_training``), as the Hugging
-  Face Trainer does with early stopping.
+  cap, and Paper B's cosine schedule runs over that cap, as the Hugging Face Trainer does with early
+  stopping (``experiments.lbl_training``: the training, and where each model stopped).
 
 For every task and layer: ``CKA(E, C_t)`` and ``CKA(base, C_t)`` of the residual stream at the last
 prompt token of the task's test prompts (``representations.last_token_states``), linear CKA, biased
@@ -43,24 +43,23 @@ grid) and ``gap_ranges`` (a rule on the E − base gap with a bootstrap CI over 
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 
-import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from nrnlib import store
+from nrnlib.experiments.lbl_training import lora_run_protocol, protocol_items, train_lora_to_convergence
 from nrnlib.finetune import _encode_items, _order, _training_items, finetune
-from nrnlib.lora import LoraSettings, cosine_factor, lora_training, train_lora
+from nrnlib.lora import LoraSettings, train_lora
 from nrnlib.model_state import model_fingerprint, restored_after
 from nrnlib.profiles import Profile
-from nrnlib.protocol import PROTOCOL_CODE, Protocol, dev_split, train_to_convergence
+from nrnlib.protocol import PROTOCOL_CODE, Protocol, dev_split
 from nrnlib.representations import last_token_states, layer_cka
 from nrnlib.tasks import get_task
 from nrnlib.workers import run_jobs
@@ -70,73 +69,11 @@ METHODS = ("full", "lora")
 READ_CODE = ("representations", "encoding", "losses", "experiments.layer_by_layer")
 STATES_CODE = ("finetune", *READ_CODE)
 LORA_CODE = ("finetune", "lora", *READ_CODE)
-LORA_PROTOCOL_CODE = (*PROTOCOL_CODE, *LORA_CODE)
+LORA_PROTOCOL_CODE = (*PROTOCOL_CODE, *LORA_CODE, "experiments.lbl_training")
 LOSSES = "__losses__"  # key of the training loss curve in a cached states entry
 # keys of the dev-loss curve (protocol runs): evaluation steps, dev losses, and [best step, steps, cap, stopped]
 DEV_STEPS, DEV_LOSS, RUN = "__dev_steps__", "__dev_loss__", "__run__"
 STOPPED = ("max_steps", "early", "diverged")  # RUN's last entry indexes this
-
-
-class _ScheduledLora:
-    """A ``protocol.TrainerLike``: a ``lora.LoraTrainer`` whose lr follows ``schedule`` (stepped after
-    every optimizer step)."""
-
-    def __init__(self, trainer, schedule: torch.optim.lr_scheduler.LRScheduler) -> None:
-        self.trainer, self.schedule = trainer, schedule
-        self.n_trainable_entries = trainer.n_trainable_entries
-
-    def step(self, batch, total: int | None = None) -> float:
-        value = self.trainer.step(batch, total=total)
-        self.schedule.step()
-        return value
-
-    def state(self) -> list[Tensor]:
-        return self.trainer.state()
-
-    def load_state(self, state: Sequence[Tensor]) -> None:
-        self.trainer.load_state(state)
-
-
-def cosine_lora_training(settings: LoraSettings, seed: int, total: int):  # noqa: ANN201 - a factory
-    """``lora.lora_training(settings, seed)`` (a fresh adapter, merged when the block ends) with Paper
-    B's schedule over the step cap: ``lr_t = lr · cosine_factor(t, total, settings.warmup_steps)`` at
-    optimizer step t = 0, 1, ... (``lr`` is the protocol's). A run stopped early on its dev loss ends
-    before the lr reaches 0, as a Hugging Face Trainer with a cosine schedule and early stopping does."""
-    total = int(total)
-
-    @contextlib.contextmanager
-    def factory(model, lr: float, weight_decay: float) -> Iterator[_ScheduledLora]:
-        with lora_training(settings, seed)(model, lr=lr, weight_decay=weight_decay) as trainer:
-            schedule = torch.optim.lr_scheduler.LambdaLR(
-                trainer.optimizer, lambda t: cosine_factor(t, total, settings.warmup_steps))
-            yield _ScheduledLora(trainer, schedule)
-
-    return factory
-
-
-def lora_run_protocol(protocol: Protocol, lora: LoraSettings, n_examples: int) -> Protocol:
-    """The protocol of one LoRA model over ``n_examples`` training examples: ``lora``'s batch size and
-    weight decay, the dev loss after every epoch (``eval_every = ceil(n / batch_size)`` steps), the cap
-    ``lora.total_steps(n)`` (``epochs`` epochs); patience, dev size and the rest from ``protocol``."""
-    per_epoch = math.ceil(n_examples / lora.batch_size)
-    return replace(protocol, batch_size=lora.batch_size, weight_decay=lora.weight_decay, eval_every=per_epoch,
-                   max_steps=lora.total_steps(n_examples))
-
-
-def _protocol_items(tasks, protocol: Protocol) -> list[tuple[object, dict]]:
-    """(task, example) pairs a protocol run trains on: each task's dev-split train examples."""
-    return [(t, ex) for t in tasks
-            for ex in dev_split(t, protocol.dev_size, protocol.n_train, protocol.max_dev_fraction).train]
-
-
-def train_lora_to_convergence(model, tasks, lora: LoraSettings, protocol: Protocol, seed: int = 0):
-    """Train a LoRA adapter on ``tasks`` under ``lora_run_protocol`` (dev loss per epoch, early
-    stopping, the best adapter merged into ``model`` in place) at ``lora.lr`` with the cosine schedule
-    over the cap; returns the ``protocol.Curve``. Call it inside ``restored_after(model)``."""
-    tasks = [get_task(t) if isinstance(t, str) else t for t in tasks]
-    run = lora_run_protocol(protocol, lora, len(_protocol_items(tasks, protocol)))
-    return train_to_convergence(model, tasks, run, lr=lora.lr, seed=seed,
-                                trainer=cosine_lora_training(lora, seed, run.max_steps))
 
 
 def _task_digest(name: str, split: str, n: int) -> str:
@@ -172,7 +109,7 @@ def _train_and_read(model, train_tasks, read_tasks, *, method: str, steps: int, 
         else:
             curve = train_lora_to_convergence(model, tasks, lora, replace(protocol, n_train=n_train), seed=seed)
             train_loss = curve.train_loss
-            cap = lora_run_protocol(protocol, lora, len(_protocol_items(tasks, replace(protocol, n_train=n_train))))
+            cap = lora_run_protocol(protocol, lora, len(protocol_items(tasks, replace(protocol, n_train=n_train))))
             extra = {DEV_STEPS: torch.tensor(curve.dev_steps, dtype=torch.int64),
                      DEV_LOSS: torch.tensor(curve.dev_loss, dtype=torch.float64),
                      RUN: torch.tensor([curve.best_step, curve.steps, cap.max_steps, STOPPED.index(curve.stopped)],
@@ -257,7 +194,7 @@ def mossa_states(
             digests = {f"train:{k}": v for t in tasks_run
                        for k, v in dev_split(t, run.dev_size, run.n_train, run.max_dev_fraction).digests().items()}
             digests |= {f"read:{t}": _task_digest(t, "test", n_read) for t in read}
-            settings["protocol"] = lora_run_protocol(run, lora, len(_protocol_items(tasks_run, run))).run_settings()
+            settings["protocol"] = lora_run_protocol(run, lora, len(protocol_items(tasks_run, run))).run_settings()
             code = LORA_PROTOCOL_CODE
         settings |= {"model_kind": kind, "method": method, "seed": run_seed, "batch_size_read": profile.batch_size}
         return store.cached(
@@ -390,7 +327,7 @@ def _padded_train_tokens(model, tasks: Sequence[str], lora: LoraSettings, seed: 
     batch padded to its longest prompt + answer."""
     tasks = [get_task(t) for t in tasks]
     items = (_training_items(tasks, n_train) if protocol is None
-             else _protocol_items(tasks, replace(protocol, n_train=n_train)))
+             else protocol_items(tasks, replace(protocol, n_train=n_train)))
     encoded = _encode_items(model, items)
     steps = lora.total_steps(len(encoded))
     order = _order(len(encoded), seed)
@@ -468,72 +405,3 @@ def _padded_dev_tokens(model, task: str, protocol: Protocol) -> int:
     lengths = [sum(map(len, example_ids(model, split.task, ex))) for ex in split.dev]
     size = protocol.dev_batch_size
     return sum(len(lengths[i: i + size]) * max(lengths[i: i + size]) for i in range(0, len(lengths), size))
-
-
-def loss_table(losses: Mapping[str, Float[Tensor, " steps"]]) -> pd.DataFrame:
-    """Long table of training loss curves (``mossa_states(...)["losses"]``): model, step (1-based), loss."""
-    return pd.DataFrame([{"model": name, "step": i + 1, "loss": float(v)}
-                         for name, curve in losses.items() for i, v in enumerate(curve.tolist())])
-
-
-def lora_runs(states: Mapping[str, Mapping], lr: float, seed: int = 0) -> list[dict]:
-    """The protocol runs of ``mossa_states(..., protocol=...)`` as ``protocol.run_arm``-style dicts
-    (``protocol.curves_frame``, ``plots.loss_curves_figure``): arm ``"E:seen tasks"``,
-    ``"control:<task>"`` (seed ``seed``), ``"ceiling:<task>"`` (seed + 1)."""
-    if "curves" not in states:
-        raise ValueError("these states have no dev curves: train with mossa_states(..., protocol=...)")
-    runs = []
-    for name, curve in states["curves"].items():
-        kind, _, task = name.partition(":")
-        runs.append({"arm": f"{kind}:{task or 'seen tasks'}", "arm_type": "lora", "lr": float(lr),
-                     "seed": seed + 1 if kind == "ceiling" else seed,
-                     "curve": {**curve, "train_loss": states["losses"][name].tolist()}})
-    return runs
-
-
-def convergence_table(states: Mapping[str, Mapping]) -> pd.DataFrame:
-    """Per model of ``mossa_states(..., protocol=...)``: steps run and the cap, steps per epoch (between
-    two dev evaluations), the best step and its epoch, the dev loss before training and at its best,
-    and why it stopped (``"early"``: the dev loss did not improve for ``patience`` epochs; ``"max_steps"``:
-    it reached the cap, so it may not have converged; ``"diverged"``)."""
-    if "curves" not in states:
-        raise ValueError("these states have no dev curves: train with mossa_states(..., protocol=...)")
-    rows = []
-    for name, c in states["curves"].items():
-        per_epoch = c["dev_steps"][1] - c["dev_steps"][0] if len(c["dev_steps"]) > 1 else max(c["steps"], 1)
-        rows.append({"model": name, "steps": c["steps"], "max_steps": c["max_steps"], "steps_per_epoch": per_epoch,
-                     "best_step": c["best_step"], "best_epoch": c["best_step"] / per_epoch,
-                     "dev_loss_untrained": c["dev_loss"][0], "dev_loss_best": min(c["dev_loss"]),
-                     "stopped": c["stopped"]})
-    return pd.DataFrame(rows)
-
-
-STILL_FALLING_NATS = 0.1  # a fall over the last half of training larger than this, and significant, is not a plateau
-
-
-def loss_summary(losses: Mapping[str, Float[Tensor, " steps"]]) -> pd.DataFrame:
-    """Per model: steps; loss_first / loss_last, the mean loss over the first and the last fifth of the
-    steps (at least one step each); fall = loss_first − loss_last; last_half_change, the least-squares
-    slope of the loss over the last half of the steps times their number (how much the loss still
-    moved at the end: near 0 once it has flattened; NaN with fewer than 4 steps), with its 95% CI
-    (t on the slope's standard error); ``still_falling`` (the rule fixed before the runs): the change
-    is below −``STILL_FALLING_NATS`` and its CI lies below 0."""
-    from scipy import stats
-
-    rows = []
-    for name, curve in losses.items():
-        y = np.asarray(curve.tolist(), dtype=float)
-        if y.size == 0:
-            raise ValueError(f"loss curve {name!r} is empty")
-        k = max(1, y.size // 5)
-        tail = y[y.size // 2:]
-        change = low = high = float("nan")
-        if y.size >= 4:
-            fit = stats.linregress(np.arange(tail.size), tail)
-            half = stats.t.ppf(0.975, tail.size - 2) * fit.stderr if tail.size > 2 else float("inf")
-            change, low, high = (float(v * tail.size) for v in (fit.slope, fit.slope - half, fit.slope + half))
-        rows.append({"model": name, "steps": int(y.size), "loss_first": float(y[:k].mean()),
-                     "loss_last": float(y[-k:].mean()), "fall": float(y[:k].mean() - y[-k:].mean()),
-                     "last_half_change": change, "change_ci_low": low, "change_ci_high": high,
-                     "still_falling": bool(change < -STILL_FALLING_NATS and high < 0)})
-    return pd.DataFrame(rows)

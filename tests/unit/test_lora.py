@@ -379,7 +379,7 @@ def test_lora_to_convergence_merges_the_best_epoch_on_a_cosine_over_the_cap(llam
     after every epoch of ceil(n / batch) steps; the model afterwards equals a hand loop (a fresh
     adapter, AdamW, the protocol's seeded batches, lr_t = lr·½(1 + cos(πt/T)) over the cap T =
     epochs · steps per epoch) run for exactly the best evaluation's steps and merged; weights restored."""
-    from nrnlib.experiments.layer_by_layer import train_lora_to_convergence
+    from nrnlib.experiments.lbl_training import train_lora_to_convergence
     from nrnlib.finetune import _encode_items, batch_stream
     from nrnlib.lora import LoraTrainer
     from nrnlib.protocol import Protocol, dev_split
@@ -427,6 +427,7 @@ def test_mossa_states_under_the_protocol_has_dev_curves_and_a_cache_key_of_its_o
     from dataclasses import replace
 
     import nrnlib.experiments.layer_by_layer as LBL
+    from nrnlib.experiments.lbl_training import convergence_table, lora_runs
     from nrnlib.profiles import get_profile
     from nrnlib.protocol import Protocol, curves_frame, dev_split
     from nrnlib.representations import last_token_states
@@ -447,10 +448,10 @@ def test_mossa_states_under_the_protocol_has_dev_curves_and_a_cache_key_of_its_o
         LBL.train_lora_to_convergence(llama, ["antonym"], lora, replace(protocol, n_train=4), seed=0)
         direct = last_token_states(llama, get_task("antonym"), n=4, batch_size=4, progress=False)
     torch.testing.assert_close(states["control"]["antonym"], direct, rtol=0, atol=1e-5)
-    table = LBL.convergence_table(states).set_index("model")
+    table = convergence_table(states).set_index("model")
     assert table.loc["E", "steps_per_epoch"] == 4 and table.loc["control:antonym", "steps_per_epoch"] == 2
     assert set(table.stopped) <= {"early", "max_steps"}
-    frame = curves_frame(LBL.lora_runs(states, lr=lora.lr))
+    frame = curves_frame(lora_runs(states, lr=lora.lr))
     assert set(frame.arm) == {"E:seen tasks", "control:word_polarity", "control:antonym"}
     assert len(frame[(frame.arm == "E:seen tasks") & (frame.split == "train")]) == states["curves"]["E"]["steps"]
 
@@ -465,4 +466,4 @@ def test_mossa_states_under_the_protocol_has_dev_curves_and_a_cache_key_of_its_o
     with pytest.raises(ValueError, match="protocol trains the LoRA models"):
         LBL.mossa_states(llama, profile, tasks, train, method="full", protocol=protocol)
     with pytest.raises(ValueError, match="no dev curves"):
-        LBL.convergence_table({"losses": {}})
+        convergence_table({"losses": {}})
