@@ -152,7 +152,8 @@ PROFILES = {
                      batch_size=8, shots=1, minutes_cpu=_SMOKE_MINUTES, n_eval_conditions=4, k_grid=(0.05, 0.10),
                      # one set of four tasks (two per category, a training and a held-out task each) for every
                      # notebook, so each task's attribution and untrained scores are computed once per CI run
-                     tasks=("word_polarity", "question_topic", "reverse_dictionary", "antonym"), finetune_batch_size=2,
+                     tasks=("word_polarity", "question_topic", "reverse_dictionary", "antonym"),
+                     finetune_batch_size=1,  # one example per training step (CI time: every protocol run's steps)
                      # 02 under smoke: one task per category (CI time); 01's ablation check keeps three
                      # (its null-model claims need a 3 x 3 overlap matrix)
                      n_deactivation=4, deactivation_tasks=("word_polarity", "antonym"),
