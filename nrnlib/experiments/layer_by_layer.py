@@ -43,7 +43,6 @@ grid) and ``gap_ranges`` (a rule on the E − base gap with a bootstrap CI over 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
@@ -54,7 +53,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from nrnlib import store
-from nrnlib.experiments.lbl_training import lora_run_protocol, protocol_items, train_lora_to_convergence
+from nrnlib.experiments.lbl_training import lora_run, lora_run_protocol, protocol_items, train_lora_to_convergence
 from nrnlib.finetune import _encode_items, _order, _training_items, finetune
 from nrnlib.lora import LoraSettings, train_lora
 from nrnlib.model_state import model_fingerprint, restored_after
@@ -95,24 +94,24 @@ def _read(model, read_tasks: Sequence[str], n_read: int, batch_size: int
 
 def _train_and_read(model, train_tasks, read_tasks, *, method: str, steps: int, lr: float, lora: LoraSettings,
                     profile: Profile, seed: int, n_train: int, n_read: int,
-                    protocol: Protocol | None = None) -> dict[str, Tensor]:
+                    run: Protocol | None = None) -> dict[str, Tensor]:
     """Train a copy of ``model`` (restored afterwards) and read its states; the loss curve rides along
-    under ``LOSSES`` (and, for a protocol run, the dev curve under ``DEV_STEPS``, ``DEV_LOSS``, ``RUN``)."""
+    under ``LOSSES`` (and, with ``run``, the model's ``lora_run`` protocol, the dev curve under
+    ``DEV_STEPS``, ``DEV_LOSS``, ``RUN``)."""
     extra = {}
     with restored_after(model):
         tasks = [get_task(t) for t in train_tasks]
         if method == "full":
             train_loss = finetune(model, tasks, steps=steps, lr=lr, seed=seed, batch_size=profile.finetune_batch_size,
                                   n_train=n_train, progress=False).losses
-        elif protocol is None:
+        elif run is None:
             train_loss = train_lora(model, tasks, lora, seed=seed, n_train=n_train, progress=False).losses
         else:
-            curve = train_lora_to_convergence(model, tasks, lora, replace(protocol, n_train=n_train), seed=seed)
+            curve = train_lora_to_convergence(model, tasks, lora, run, seed=seed)
             train_loss = curve.train_loss
-            cap = lora_run_protocol(protocol, lora, len(protocol_items(tasks, replace(protocol, n_train=n_train))))
             extra = {DEV_STEPS: torch.tensor(curve.dev_steps, dtype=torch.int64),
                      DEV_LOSS: torch.tensor(curve.dev_loss, dtype=torch.float64),
-                     RUN: torch.tensor([curve.best_step, curve.steps, cap.max_steps, STOPPED.index(curve.stopped)],
+                     RUN: torch.tensor([curve.best_step, curve.steps, run.max_steps, STOPPED.index(curve.stopped)],
                                        dtype=torch.int64)}
         out = _read(model, read_tasks, n_read, profile.batch_size)
     return {**out, LOSSES: torch.tensor(train_loss, dtype=torch.float64), **extra}
@@ -181,26 +180,25 @@ def mossa_states(
 
     def states(kind: str, trained: Sequence[str], read: Sequence[str], steps: int, run_seed: int) -> dict:
         """One trained model's states, cached: the key holds every train and read task's exact examples."""
-        digests = {f"train:{t}": _task_digest(t, "train", n_train) for t in trained}
-        digests |= {f"read:{t}": _task_digest(t, "test", n_read) for t in read}
-        code = STATES_CODE if method == "full" else LORA_CODE
+        run = None
         if method == "full":
-            settings = {"steps": steps, "lr": lr, "batch_size": profile.finetune_batch_size}
+            settings, code = {"steps": steps, "lr": lr, "batch_size": profile.finetune_batch_size}, STATES_CODE
         else:
-            settings = {"lora": lora.key()}
-        if protocol is not None:  # the dev-split train examples, the dev examples, and the protocol of this run
-            run = replace(protocol, n_train=n_train)
-            tasks_run = [get_task(t) for t in trained]
-            digests = {f"train:{k}": v for t in tasks_run
+            settings, code = {"lora": lora.key()}, LORA_CODE
+        if protocol is None:
+            digests = {f"train:{t}": _task_digest(t, "train", n_train) for t in trained}
+        else:  # the dev-split train examples, the dev examples, and the protocol of this run
+            run_tasks = [get_task(t) for t in trained]
+            run = lora_run(run_tasks, lora, replace(protocol, n_train=n_train))
+            digests = {f"train:{k}": v for t in run_tasks
                        for k, v in dev_split(t, run.dev_size, run.n_train, run.max_dev_fraction).digests().items()}
-            digests |= {f"read:{t}": _task_digest(t, "test", n_read) for t in read}
-            settings["protocol"] = lora_run_protocol(run, lora, len(protocol_items(tasks_run, run))).run_settings()
-            code = LORA_PROTOCOL_CODE
+            settings["protocol"], code = run.run_settings(), LORA_PROTOCOL_CODE
+        digests |= {f"read:{t}": _task_digest(t, "test", n_read) for t in read}
         settings |= {"model_kind": kind, "method": method, "seed": run_seed, "batch_size_read": profile.batch_size}
         return store.cached(
             "mossa_states", lambda: _train_and_read(model, trained, read, method=method, steps=steps, lr=lr,
                                                     lora=lora, profile=profile, seed=run_seed, n_train=n_train,
-                                                    n_read=n_read, protocol=protocol),
+                                                    n_read=n_read, run=run),
             settings=settings, code=code, model=model, fingerprint=fp, tasks=digests, fmt="tensors")
 
     out: dict[str, dict] = {"base": base_states(model, profile, tasks, n_read, fp), "control": {}, "losses": {},
@@ -377,8 +375,8 @@ def lbl_plan(
         row = {"model": name, "trained_on": "+".join(on), "examples": n, "steps": steps, "train_tokens": tokens,
                "reads": len(read), "read_tokens": sum(reads[u] for u in read)}
         if protocol is not None:
-            per_epoch = math.ceil(n / lora.batch_size)
-            row["dev_tokens"] = sum(dev[u] for u in on) * (steps // per_epoch + 1)
+            run = lora_run_protocol(protocol, lora, n)
+            row["dev_tokens"] = sum(dev[u] for u in on) * (run.max_steps // run.eval_every + 1)
         return row
 
     rows.append(trained("E", train_tasks, seed, tasks))

@@ -79,12 +79,18 @@ def protocol_items(tasks, protocol: Protocol) -> list[tuple[object, dict]]:
             for ex in dev_split(t, protocol.dev_size, protocol.n_train, protocol.max_dev_fraction).train]
 
 
+def lora_run(tasks, lora: LoraSettings, protocol: Protocol) -> Protocol:
+    """``lora_run_protocol`` over the examples ``tasks`` train on under ``protocol`` (their dev-split
+    train examples). Idempotent: the run protocol of a run protocol is itself."""
+    return lora_run_protocol(protocol, lora, len(protocol_items(tasks, protocol)))
+
+
 def train_lora_to_convergence(model, tasks, lora: LoraSettings, protocol: Protocol, seed: int = 0):
-    """Train a LoRA adapter on ``tasks`` under ``lora_run_protocol`` (dev loss per epoch, early
-    stopping, the best adapter merged into ``model`` in place) at ``lora.lr`` with the cosine schedule
-    over the cap; returns the ``protocol.Curve``. Call it inside ``restored_after(model)``."""
+    """Train a LoRA adapter on ``tasks`` under ``lora_run`` (dev loss per epoch, early stopping, the
+    best adapter merged into ``model`` in place) at ``lora.lr`` with the cosine schedule over the cap;
+    returns the ``protocol.Curve``. Call it inside ``restored_after(model)``."""
     tasks = [get_task(t) if isinstance(t, str) else t for t in tasks]
-    run = lora_run_protocol(protocol, lora, len(protocol_items(tasks, protocol)))
+    run = lora_run(tasks, lora, protocol)
     return train_to_convergence(model, tasks, run, lr=lora.lr, seed=seed,
                                 trainer=cosine_lora_training(lora, seed, run.max_steps))
 
