@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -134,8 +135,12 @@ _WORDS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int32}  # elem
 def _weight_digest(p: torch.Tensor) -> int:
     """The exact sum of a tensor's bits read as integers (its 8/16/32-bit words, int64 accumulator).
     Integer addition is associative, so the result does not depend on the reduction order: not on
-    the number of CPU threads, the SIMD width, nor the device; any changed bit changes a word."""
+    the number of CPU threads, the SIMD width, nor the device; any changed bit changes a word.
+    On CPU numpy sums (it widens the words block by block; torch first widens the whole tensor to
+    int64): the same integer, about 10x faster (0.07 vs 0.8 s for SmolLM2's embedding, one thread)."""
     words = p.detach().contiguous().view(_WORDS[p.element_size()])
+    if words.device.type == "cpu":
+        return int(words.numpy().sum(dtype=np.int64))
     return int(words.sum(dtype=torch.int64))
 
 

@@ -286,3 +286,20 @@ def test_fingerprint_does_not_depend_on_the_thread_count_but_on_every_weight(tin
         finally:
             weight[0, 0] = old
     assert model_fingerprint(tiny_model) == key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_weight_digest_is_the_integer_sum_of_the_words(dtype):
+    """``_weight_digest`` against Python integers unpacked from the raw bytes (struct, little-endian
+    signed words of the element's width; 8-byte elements as two 32-bit words), on a non-contiguous
+    view: the value the cache keys are built from, whatever the backend that sums it."""
+    import struct
+
+    from nrnlib.model_state import _weight_digest
+
+    t = (torch.randn(7, 9, generator=torch.Generator().manual_seed(1)) * 3).to(dtype).T  # transposed: strided
+    raw = t.contiguous().view(torch.uint8).numpy().tobytes()
+    fmt = {4: "i", 2: "h", 8: "i"}[t.element_size()]
+    width = struct.calcsize(fmt)
+    expected = sum(struct.unpack(f"<{len(raw) // width}{fmt}", raw))
+    assert _weight_digest(t) == expected
