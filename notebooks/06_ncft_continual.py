@@ -151,15 +151,17 @@ assert worst < 1e-6 and worst_tiny <= LR_CHECK, (worst, worst_tiny)
 # ## 3. Learning rates, chosen on dev
 # The protocol picks each arm type's lr from its grid on the first task's dev loss, from the original
 # model (stage 0's situation): one lr for every-parameter methods (seqft, replay, joint), one for
-# neuron methods (ncft, W-NCFT, random), one for LoRA.
+# neuron methods (ncft, W-NCFT, random), one for LoRA. A grid of one value is that lr, with no
+# selection run.
 
 # %%
 arm_types = list(dict.fromkeys(LR_TYPE.get(m, "neurons") for m in methods + ["seqft"]))
-lr_choice = experiments.select_learning_rates(model, orders[0][0], protocol, arm_types, selector=selector)
+lr_choice = experiments.ncft_learning_rates(model, orders[0][0], protocol, arm_types, selector=selector)
 lr = {arm_type: choice["lr"] for arm_type, choice in lr_choice.items()}
 for arm_type, choice in lr_choice.items():
-    print(f"{arm_type:8s} lr {choice['lr']:g}  (best dev loss by lr: "
-          f"{ {k: round(v, 4) for k, v in choice['scores'].items()} })")
+    scores = {k: round(v, 4) for k, v in choice["scores"].items()}
+    print(f"{arm_type:8s} lr {choice['lr']:g}  " + (f"(best dev loss by lr: {scores})" if scores
+                                                 else "(fixed: a one-value grid, nothing to choose)"))
 
 # %% [markdown]
 # ## 4. The sequences

@@ -160,11 +160,11 @@ PROFILES = {
                      # 03 under smoke: the neuron arms only ("all parameters" trains in 06's seqft and the unit tests)
                      finetune_tasks=("word_polarity", "antonym"), n_finetune_eval=4, all_arm_seeds=(),
                      ablation_tasks=("word_polarity", "reverse_dictionary", "antonym"), n_ablation_neurons=8,
-                     proportions=(0.10, 1.0), individual_proportions=(0.10,), n_generalization_eval=4,
+                     proportions=(0.10, 1.0), individual_proportions=(0.10,), n_generalization_eval=2,
                      # 06 under smoke: the baseline and W-NCFT, two orders (the verdicts pair by order and seed
                      # and need two pairs); NCFT, random, replay and LoRA sequences run in the unit tests on the
                      # tiny model (tests/unit/test_ncft.py). With NCFT too the sequences cell took 271 s in CI.
-                     ncft_tasks=("word_polarity", "antonym"), n_ncft_eval=4,
+                     ncft_tasks=("word_polarity", "antonym"), n_ncft_eval=2, ncft_max_steps=1,
                      ncft_methods=("seqft", "w_ncft_graded"),
                      # the protocol at its smallest: dev loss before training and after each of two steps
                      dev_size=2, eval_every=1, patience=1, max_steps=2,

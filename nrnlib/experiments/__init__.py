@@ -98,6 +98,7 @@ from nrnlib.experiments.ncft_results import (
     joint_performance,
     metrics_table,
     ncft_claims,
+    ncft_learning_rates,
     performance_matrix,
     sequence_metrics,
 )
@@ -212,6 +213,7 @@ __all__ = [
     "joint_reference",
     "metrics_table",
     "select_learning_rates",
+    "ncft_learning_rates",
     "ncft_claims",
     "overlap_table",
     "performance_matrix",

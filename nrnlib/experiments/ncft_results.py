@@ -1,8 +1,9 @@
-"""The readings and verdicts of notebook 06 (NCFT, Paper A Table 3): the performance matrix ``R`` of
-a sequence, its continual metrics (``nrnlib.continual``) with CIs over sequences, and the claims
-through ``nrnlib.claims`` (every rule fixed here before the run; each compares two methods paired by
-(order, seed), the units of the bootstrap). Kept apart from the runner ``experiments.ncft``, whose
-code keys the cached stages (``store.code_digest``), so editing a reading never invalidates one."""
+"""What notebook 06 (NCFT, Paper A Table 3) does around the runner: its learning rates
+(``ncft_learning_rates``), the performance matrix ``R`` of a sequence, its continual metrics
+(``nrnlib.continual``) with CIs over sequences, and the claims through ``nrnlib.claims`` (every rule
+fixed here before the run; each compares two methods paired by (order, seed), the units of the
+bootstrap). Kept apart from the runner ``experiments.ncft``, whose code keys the cached stages
+(``store.code_digest``), so editing a reading never invalidates one."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pandas as pd
 from nrnlib.claims import Claim, bootstrap_ci, make_claim
 from nrnlib.continual import average_performance, backward_transfer, continual_metrics
 from nrnlib.experiments.measures import DECODED_METRIC
+from nrnlib.experiments.ncft import Selector, select_learning_rates
 from nrnlib.profiles import Profile
+from nrnlib.protocol import Protocol
 from nrnlib.tasks import get_task
 
 # W-NCFT is the graded variant (``weighted_update``); the 0/1 ``w_ncft`` is ours
@@ -23,6 +26,17 @@ PAPER_IDS = {("ncft", "seqft"): "A.ncft.forgetting", ("w_ncft_graded", "seqft"):
 # beyond "each method against seqft": NCFT against the other baselines, and W-NCFT against NCFT
 COMPARISONS = (("ncft", "random"), ("ncft", "lora"), ("ncft", "replay"), ("w_ncft", "ncft"),
                ("w_ncft_graded", "ncft"))
+
+
+def ncft_learning_rates(model, task: str, protocol: Protocol, arm_types: Sequence[str], *, selector: Selector,
+                   settings: Mapping[str, Any] | None = None) -> dict[str, dict]:
+    """``ncft.select_learning_rates`` for the arm types whose grid has several values; a one-value
+    grid is that lr, with no selection run (``scores`` empty): nothing to choose, and its run would
+    not be reused (a stage's cache key is not an arm's). ``{arm_type: {"lr", "scores"}}`` in
+    ``arm_types`` order."""
+    chosen = select_learning_rates(model, task, protocol, [t for t in arm_types if len(protocol.grid(t)) > 1],
+                                   selector=selector, settings=settings)
+    return {t: chosen[t] if t in chosen else {"lr": protocol.grid(t)[0], "scores": {}} for t in arm_types}
 
 
 def _key(task: str, metric: str) -> str:

@@ -107,3 +107,39 @@ def test_restored_after_puts_back_every_parameter_bit_exactly(model, parity_task
         raise RuntimeError("boom")
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
     assert not model.training
+
+
+def test_set_training_sets_the_flags_model_train_sets(model):
+    """``set_training`` leaves every module (the bridge's and its unregistered ``original_model``'s)
+    with the flag ``model.train(mode)`` gives; a module whose ``train`` does more than set the flag
+    makes it call ``model.train`` itself, so that override still runs."""
+    from nrnlib.model_state import eval_mode, set_training
+
+    def flags():
+        return [m.training for root in (model, model.original_model) for m in root.modules()]
+
+    for mode in (True, False, True):
+        model.train(not mode)
+        model.train(mode)
+        expected = flags()
+        model.train(not mode)
+        set_training(model, mode)
+        assert flags() == expected and all(f == mode for f in expected)
+    with eval_mode(model):
+        assert not any(flags())
+    assert all(flags())
+
+    calls = []
+
+    class Recording(torch.nn.Module):
+        def train(self, mode=True):
+            calls.append(mode)
+            return super().train(mode)
+
+    model.original_model.add_module("recording", Recording())
+    try:
+        set_training(model, False)
+        assert calls == [False] and not any(flags())
+    finally:
+        del model.original_model.recording
+        model.eval()

@@ -227,7 +227,8 @@ def test_metrics_table_means_and_joint_row():
 
 
 def test_learning_rates_are_chosen_per_arm_type_on_the_first_task(tiny_model, sequence_setup, monkeypatch):
-    """One selection per arm type over that type's grid, on the first task from the model as it is."""
+    """One selection per arm type over that type's grid, on the first task from the model as it is;
+    a one-value grid is taken as it is, without a training run."""
     from nrnlib.lora import lora_target_names
 
     _, _, selector, calls = sequence_setup
@@ -235,8 +236,11 @@ def test_learning_rates_are_chosen_per_arm_type_on_the_first_task(tiny_model, se
     protocol = Protocol(dev_size=2, eval_every=1, patience=1, max_steps=2, batch_size=2, n_train=4, dev_batch_size=2,
                         lr_grids={"neurons": (1e-3, 1e-2), "all": (1e-4,), "lora": (1e-3,)})
     types = ["all", "neurons"] + (["lora"] if lora_target_names(tiny_model) else [])
-    chosen = ncft.select_learning_rates(tiny_model, "parity", protocol, types, selector=selector)
-    assert list(chosen) == types and chosen["all"]["lr"] == 1e-4
+    real_select, trained = ncft.select_lr, []
+    monkeypatch.setattr(ncft, "select_lr", lambda *a, **k: trained.append(a[2][0].arm_type) or real_select(*a, **k))
+    chosen = ncft_results.ncft_learning_rates(tiny_model, "parity", protocol, types, selector=selector)
+    assert list(chosen) == types and chosen["all"] == {"lr": 1e-4, "scores": {}}
+    assert trained == ["neurons"]  # "all" and "lora" have one-value grids
     assert set(chosen["neurons"]["scores"]) == {1e-3, 1e-2}
     best = min(chosen["neurons"]["scores"], key=chosen["neurons"]["scores"].get)
     assert chosen["neurons"]["lr"] == best and calls == ["parity"]
