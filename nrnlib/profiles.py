@@ -138,14 +138,15 @@ class Profile:
 # at 16 min (971 s on one thread with a cold cache, from clean commit 76071e1; 57 min at 068c490); 01 with
 # the ablation check and the null model at 41 min (2,479 s on one thread with a cold cache, from clean
 # commit 98a5601); 02 over the grid at 49 min (2,943 s on 2 cores from clean commit cac7baa, attribution
-# included; 67 min at f7e936f); 03 on the protocol measured at 96 min on 2 cores; 07 on LoRA at 6 epochs
-# measured end to end at 70 min (4,224 s on 2 cores, its models shared over two single-threaded processes,
-# from clean commit 7afbb12; at 3 epochs it took 72 min on one thread); 05 at 118 min (7,107 s on one
+# included; 67 min at f7e936f); 03 on the protocol measured at 96 min on 2 cores; 07 on LoRA under the protocol
+# (cap 10 epochs) measured end to end at 138 min (8,284 s on 2 cores, its models shared over two
+# single-threaded processes, from clean commit 292813f, beside profiling jobs for its first hour; at 6 fixed
+# epochs it took 70 min); 05 at 118 min (7,107 s on one
 # thread, from clean commit 342dfc3).
 _SMOKE_MINUTES = {"00": 1.0, "01": 3.5, "02": 2.2, "03": 2.2, "04": 2.6, "05": 1.2, "06": 6.0, "07": 1.5}
 # measured end to end (06 at 138 min from clean commit 80e605f); 04: its 3-seed run's computed work summed, 753
 # thread-minutes (62 runs 708) from clean commits f05638a..a28b7d1 with the same code digests, two processes at once
-_STANDARD_MINUTES = {"00": 16, "01": 41, "02": 49, "03": 96, "04": 377, "05": 118, "06": 138, "07": 70}
+_STANDARD_MINUTES = {"00": 16, "01": 41, "02": 49, "03": 96, "04": 377, "05": 118, "06": 138, "07": 138}
 
 PROFILES = {
     "smoke": Profile("smoke", n_eval=4, n_attribution=8, n_train=32, finetune_steps=3, seeds=(0,),
