@@ -400,7 +400,8 @@ for claim in claims:
 for note in notes:
     print(note)
 print(f"\nbase is the instruct model: these verdicts are about extra multi-task LoRA tuning (lr {lora.lr:g}, "
-      f"{int(plan.steps.sum())} steps in all), not about instruction tuning of a pre-trained model")
+      f"{int(convergence.steps.sum())} steps run of at most {int(plan.steps.sum())}), not about instruction tuning "
+      "of a pre-trained model")
 print(f"gap-rule ranges on seen tasks: {experiments.ranges_as_depth(ranges_seen, n_blocks)}; Paper B rescaled: "
       f"{experiments.ranges_as_depth(paper, n_blocks)}")
 print(f"wall time of this run: {time.perf_counter() - started:.0f} s (models in the cache cost ~0 s)")
