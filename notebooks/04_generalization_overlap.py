@@ -184,7 +184,8 @@ fig
 dev = experiments.dev_curves(sweep.runs, lr=sweep.lr["lr"])
 fig = plots.lines_figure(dev, "step", "dev_loss", "p", f"Dev loss of the sweep's runs at lr "
                          f"{sweep.lr['lr']:g} ({profile.name})", facet_col="panel", line_dash="seed",
-                         facet_col_wrap=4, labels={"dev_loss": "dev answer loss (nats)", "step": "step", "p": ""})
+                         facet_col_wrap=4, labels={"dev_loss": "dev answer loss (nats)", "step": "step"},
+                         category_orders={"p": dev.sort_values("p_value").p.unique()})
 plots.save_figure(fig, "04_loss_curves", width=1300, height=700, profile=profile.name)
 runs = rows.drop_duplicates(["mode", "trained", "p", "seed"])
 print(f"{len(runs)} runs: stopped {runs.stopped.value_counts().to_dict()}; {int((runs.best_step == 0).sum())} never "

@@ -192,12 +192,18 @@ def palette(n: int) -> list[str]:
 
 def lines_figure(table: pd.DataFrame, x: str, y: str, color: str, title: str, facet_col: str | None = None,
                  line_dash: str | None = None, chance: float | None = None, log_x: bool = False,
-                 labels: Mapping[str, str] | None = None, facet_col_wrap: int = 0) -> go.Figure:
-    """Lines with markers (one per ``color`` group), optionally faceted, with a dotted chance line.
-    Up to 10 groups use plotly's default colours; more use a 24-colour palette, so no two share one."""
+                 labels: Mapping[str, str] | None = None, facet_col_wrap: int = 0,
+                 category_orders: Mapping[str, Sequence] | None = None) -> go.Figure:
+    """Lines with markers (one per ``color`` group), optionally faceted (panel titles without the
+    column's name), with a dotted chance line. Up to 10 groups use plotly's default colours; more use a
+    24-colour palette, so no two share one. ``category_orders``: the legend's (and panels') order per
+    column, else the order of first appearance."""
     fig = px.line(table, x=x, y=y, color=color, facet_col=facet_col, line_dash=line_dash, markers=True,
                   template=TEMPLATE, title=title, log_x=log_x, labels=dict(labels or {}),
-                  facet_col_wrap=facet_col_wrap, color_discrete_sequence=palette(table[color].nunique()))
+                  facet_col_wrap=facet_col_wrap, color_discrete_sequence=palette(table[color].nunique()),
+                  category_orders={k: list(v) for k, v in (category_orders or {}).items()})
+    if facet_col is not None:
+        fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
     if chance is not None:
         fig.add_hline(y=chance, line_dash="dot", line_color="black", annotation_text="random set")
     return fig

@@ -69,3 +69,19 @@ def test_forest_figure_without_claims_says_why():
     """No claims (a rule needs two units, e.g. one order x one seed in notebook 06) is a clear error."""
     with pytest.raises(ValueError, match="no claims to draw"):
         plots.claims_forest_figure([], "verdicts")
+
+
+def test_lines_figure_titles_panels_by_value_and_orders_the_legend_as_asked():
+    import pandas as pd
+
+    from nrnlib.plots import lines_figure
+
+    table = pd.DataFrame({"step": [0, 1, 0, 1, 0, 1], "loss": [3.0, 2.0, 3.0, 2.5, 3.0, 1.0],
+                          "p": ["p = 10%", "p = 10%", "p = 1%", "p = 1%", "p = 100%", "p = 100%"],
+                          "panel": ["alone: a", "alone: a", "joint: b", "joint: b", "joint: b", "joint: b"]})
+    fig = lines_figure(table, "step", "loss", "p", "t", facet_col="panel",
+                       category_orders={"p": ["p = 1%", "p = 10%", "p = 100%"]})
+    assert sorted(a.text for a in fig.layout.annotations) == ["alone: a", "joint: b"]
+    assert list(dict.fromkeys(t.name for t in fig.data)) == ["p = 1%", "p = 10%", "p = 100%"]
+    unordered = lines_figure(table, "step", "loss", "p", "t", facet_col="panel")
+    assert list(dict.fromkeys(t.name for t in unordered.data)) == ["p = 10%", "p = 1%", "p = 100%"]
