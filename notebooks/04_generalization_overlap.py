@@ -59,12 +59,11 @@ joint_seeds, individual_seeds = profile.sweep_seeds()
 categories = {cat: [t for t in tasks if get_task(t).role == "train" and get_task(t).category == cat]
               for cat in ("classification", "generation")}
 categories = {cat: train for cat, train in categories.items() if train}
-n_test = min(profile.sweep_n_eval(), *(len(get_task(t).test) for t in tasks))
+n_test = min(profile.n_generalization_eval, *(len(get_task(t).test) for t in tasks))
 print(f"profile {profile.name}: training tasks {categories}; test tasks {tasks}; proportions "
       f"{list(profile.proportions)} (joint), {list(profile.individual_proportions)} (individual); seeds "
       f"{list(joint_seeds)} (joint), {list(individual_seeds)} (individual); {n_test} test examples per task; runs of "
-      f"at most {protocol.max_steps} steps of {protocol.batch_size} examples, {protocol.dev_size} dev examples per "
-      "task, one task per step")
+      f"at most {protocol.max_steps} steps, {protocol.dev_size} dev examples per task, one task per step")
 started = time.perf_counter()
 model = load_model(MODEL)
 

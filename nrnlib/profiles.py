@@ -44,15 +44,11 @@ class Profile:
     individual_proportions: tuple[float, ...] = (0.10, 0.50, 1.0)
     n_generalization_eval: int = 24
     # the seeds of the joint sweep and of individual training (None: ``seeds``; individual: the sweep's)
-    # and the protocol's step cap, dev examples per task and examples per step for notebook 04's runs (None:
-    # max_steps, dev_size, finetune_batch_size), and 04's test examples per task (None: n_generalization_eval,
-    # which notebook 05 reads)
+    # and the protocol's step cap and dev examples per task for notebook 04's runs (None: max_steps, dev_size)
     generalization_seeds: tuple[int, ...] | None = None
     individual_seeds: tuple[int, ...] | None = None
     generalization_max_steps: int | None = None
     generalization_dev_size: int | None = None
-    generalization_batch_size: int | None = None
-    n_sweep_eval: int | None = None
     # notebook 06 (NCFT, Table 3): the tasks of the sequence (the second order is the reverse), the methods
     # (``experiments.NCFT_METHODS``), test examples per task, and the protocol's step cap and dev examples
     # for its stages (None: max_steps / dev_size)
@@ -122,10 +118,6 @@ class Profile:
         """Notebook 04's seeds: (joint sweep, individual training)."""
         joint = tuple(self.generalization_seeds if self.generalization_seeds is not None else self.seeds)
         return joint, tuple(self.individual_seeds if self.individual_seeds is not None else joint)
-
-    def sweep_n_eval(self) -> int:
-        """Notebook 04's test examples per task: ``n_sweep_eval``, else ``n_generalization_eval``."""
-        return self.n_sweep_eval if self.n_sweep_eval is not None else self.n_generalization_eval
 
     def generalization_task_names(self) -> list[str]:
         """Notebook 04's tasks: ``generalization_tasks``, else ``task_names()``."""
@@ -200,14 +192,10 @@ PROFILES = {
                         ncft_methods=("seqft", "ncft", "w_ncft_graded", "random", "replay", "lora"),
                         ncft_max_steps=30, ncft_dev_size=16, n_ncft_eval=16,
                         # 04: 7 proportions x 2 categories x 3 seeds of joint training (each scored on all 12
-                        # tasks, 16 test examples each) and 3 proportions x 6 tasks x 1 seed alone, runs capped at
-                        # 150 steps of 2 examples, 8 dev examples per task, one task per step
-                        # (experiments.sweep_protocol). At 4 examples per step, 16 dev and 24 test examples the
-                        # sweep took 377 min on 2 cores: a step costs in proportion to its tokens (4.1 s for 4
-                        # examples on one thread), and the steps, the dev evaluations and the 12 tasks' scoring
-                        # of 44 joint runs dominate
+                        # tasks) and 3 proportions x 6 tasks x 1 seed alone, runs capped at 150 steps, 16 dev
+                        # examples per task, one task per step (experiments.sweep_protocol)
                         generalization_seeds=(0, 1, 2), individual_seeds=(0,), generalization_max_steps=150,
-                        generalization_dev_size=8, generalization_batch_size=2, n_sweep_eval=16,
+                        generalization_dev_size=16,
                         dev_size=32, eval_every=10, patience=2, max_steps=200,
                         lr_grids={"neurons": (1e-3, 3e-3), "all": (3e-5,), "lora": (1e-4, 3e-4, 1e-3)},
                         # 07: LoRA lr fixed at 1e-3 (pilot: lower loss after 15 steps than 3e-4 or 1e-4); 80 examples

@@ -52,12 +52,9 @@ MODES = ("joint", "individual")
 
 def sweep_protocol(profile) -> Protocol:
     """The protocol of notebook 04's runs (module docstring): ``profile``'s, with
-    ``generalization_max_steps``, ``generalization_dev_size`` and ``generalization_batch_size`` where
-    set, and task batches."""
+    ``generalization_max_steps`` and ``generalization_dev_size`` where set, and task batches."""
     return Protocol.from_profile(profile, max_steps=profile.generalization_max_steps or profile.max_steps,
-                                 dev_size=profile.generalization_dev_size or profile.dev_size,
-                                 batch_size=profile.generalization_batch_size or profile.finetune_batch_size,
-                                 task_batches=True)
+                                 dev_size=profile.generalization_dev_size or profile.dev_size, task_batches=True)
 
 
 def proportion_sets(scores: Mapping[str, Float[Tensor, "n_layers d_mlp"]], p: float, model=None

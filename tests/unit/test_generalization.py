@@ -171,12 +171,8 @@ def test_sweep_protocol_takes_the_profile_settings_and_trains_one_task_per_step(
     p = G.sweep_protocol(standard)
     assert (p.dev_size, p.max_steps, p.task_batches) == (standard.generalization_dev_size,
                                                          standard.generalization_max_steps, True)
-    assert p.dev_size < standard.dev_size and p.batch_size == standard.generalization_batch_size
+    assert p.dev_size < standard.dev_size and p.batch_size == standard.finetune_batch_size
     # without the sweep's own settings: the profile's protocol, plus task batches
-    bare = replace(standard, generalization_dev_size=None, generalization_max_steps=None,
-                   generalization_batch_size=None)
+    bare = replace(standard, generalization_dev_size=None, generalization_max_steps=None)
     assert G.sweep_protocol(bare) == replace(Protocol.from_profile(bare), task_batches=True)
     assert G.sweep_protocol(smoke).dev_size == smoke.dev_size
-    # 04's test examples: its own where set (05 keeps n_generalization_eval), else the shared size
-    assert standard.sweep_n_eval() == standard.n_sweep_eval < standard.n_generalization_eval
-    assert smoke.sweep_n_eval() == smoke.n_generalization_eval
