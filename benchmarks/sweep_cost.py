@@ -71,7 +71,8 @@ def score_before(model, task, n: int) -> tuple[list[float], list[str]]:
 
 
 def run_shapes(protocol: Protocol) -> list[dict]:
-    """Steps and dev evaluations of every run in the committed 04 results, and its tasks."""
+    """Steps and dev evaluations of every run in the committed 04 results (its mode, category, p, seed
+    and best step)."""
     rows = json.loads(COMMITTED.read_text())["results"]["rows"]
     shapes = {}
     for r in rows:
@@ -80,8 +81,8 @@ def run_shapes(protocol: Protocol) -> list[dict]:
             continue
         steps = protocol.max_steps if r["stopped"] == "max_steps" else min(
             r["best_step"] + protocol.patience * protocol.eval_every, protocol.max_steps)
-        shapes[key] = {"mode": r["mode"], "category": r["category"], "steps": steps,
-                       "evals": steps // protocol.eval_every + 1}
+        shapes[key] = {"mode": r["mode"], "category": r["category"], "p": r["p"], "seed": r["seed"],
+                       "best_step": r["best_step"], "steps": steps, "evals": steps // protocol.eval_every + 1}
     return list(shapes.values())
 
 
