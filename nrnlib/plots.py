@@ -124,6 +124,12 @@ def save_figure(fig: go.Figure, name: str, formats: Sequence[str] | None = None,
     return written
 
 
+def _title_panels_by_value(fig: go.Figure) -> None:
+    """Facet panels titled by their value: plotly's "column=value" (or "=value" where the column's
+    label is empty) becomes "value"."""
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+
+
 def task_scores_figure(table: pd.DataFrame, title: str) -> go.Figure:
     """Grouped bars of each task's primary metric per setting, with the chance level as a marker.
 
@@ -147,7 +153,7 @@ def task_scores_figure(table: pd.DataFrame, title: str) -> go.Figure:
                  facet_col_spacing=0.06, template=TEMPLATE, title=title,
                  labels={"primary": "accuracy (classification) / ROUGE-L (generation)", "task": ""})
     fig.update_xaxes(matches=None, tickangle=-30)
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))  # "classification", not "category=…"
+    _title_panels_by_value(fig)  # "classification", not "category=classification"
     for i, category in enumerate(["classification", "generation"], start=1):
         part = table[(table.category == category)].drop_duplicates("task")
         fig.add_trace(go.Scatter(x=part.task, y=part.chance, mode="markers", name="chance" if i == 1 else None,
@@ -203,7 +209,7 @@ def lines_figure(table: pd.DataFrame, x: str, y: str, color: str, title: str, fa
                   facet_col_wrap=facet_col_wrap, color_discrete_sequence=palette(table[color].nunique()),
                   category_orders={k: list(v) for k, v in (category_orders or {}).items()})
     if facet_col is not None:
-        fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+        _title_panels_by_value(fig)
     if chance is not None:
         fig.add_hline(y=chance, line_dash="dot", line_color="black", annotation_text="random set")
     return fig
@@ -258,7 +264,7 @@ def claims_forest_figure(claims: Sequence, title: str, row: str = "task", facet:
         fig.add_vline(x=float(threshold), line_dash="dash", line_color="black", opacity=0.6)
     fig.update_traces(marker_size=9)
     fig.update_traces(marker=dict(size=6, symbol="circle-open", opacity=0.7), selector=dict(name=points_label))
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    _title_panels_by_value(fig)
     return fig
 
 
@@ -311,7 +317,7 @@ def arm_bars_figure(table: pd.DataFrame, metrics: Mapping[str, str], title: str)
                  labels={"mean": "", "task": ""})
     fig.update_xaxes(matches=None)
     fig.update_yaxes(matches=None, showticklabels=True)
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    _title_panels_by_value(fig)
     for i, axis_title in enumerate(reversed(list(metrics.values())), start=1):  # facet rows count from the bottom
         fig.update_yaxes(title_text=axis_title, row=i, col=1)
     return fig
@@ -332,7 +338,7 @@ def ablation_scatter_figure(table: pd.DataFrame, summary: pd.DataFrame, title: s
                      log_x=True, log_y=True, hover_data=["neuron", "rank", "measured_signed"], template=TEMPLATE,
                      title=title, labels={"relevance": "relevance R (first-order estimate)",
                                           "measured_abs": "measured Σ|ΔL| (neuron zeroed)", "panel": ""})
-    fig.for_each_annotation(lambda a: a.update(text=a.text.removeprefix("panel=").removeprefix("=")))
+    _title_panels_by_value(fig)
     if not data.empty:
         low = float(min(data.relevance.min(), data.measured_abs.min()))
         high = float(max(data.relevance.max(), data.measured_abs.max()))
@@ -457,5 +463,5 @@ def metric_intervals_figure(summary: pd.DataFrame, title: str, y_title: str = ""
     fig.update_traces(marker_size=10)
     fig.update_yaxes(matches=None, showticklabels=True)
     fig.update_xaxes(tickangle=-40)
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
+    _title_panels_by_value(fig)
     return fig
